@@ -1,0 +1,22 @@
+# liblowbit: the runtime, argument validation, code tables, tuning table and the CPU backend.
+lib_LTLIBRARIES += lib/liblowbit.la
+include_HEADERS += lib/lowbit.h
+noinst_HEADERS += lib/backend.h lib/runtime.h lib/half.h lib/codes.h lib/cpu.h lib/validate.h lib/tune.h
+
+lib_liblowbit_la_SOURCES = \
+	lib/error.c lib/log.c lib/registry.c lib/context.c lib/buffer.c lib/stream.c \
+	lib/validate.c lib/qtensor.c lib/api_quant.c lib/api_int8.c lib/api_gemm4.c lib/api_optim.c \
+	lib/codes.c lib/tune.c lib/cpu_backend.c lib/cpu_quant.c
+lib_liblowbit_la_CPPFLAGS = $(AM_CPPFLAGS) -DLOWBIT_MODULEDIR='"$(pkglibdir)"' -DLOWBIT_BUILDING
+lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
+lib_liblowbit_la_LIBADD = $(PTHREAD_LIBS)
+lib_liblowbit_la_LDFLAGS = -version-info $(LOWBIT_LT_VERSION) -no-undefined $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
+if BUILD_CUDA
+lib_liblowbit_la_CPPFLAGS += -DLOWBIT_BUILT_CUDA=1
+endif
+if BUILD_HIP
+lib_liblowbit_la_CPPFLAGS += -DLOWBIT_BUILT_HIP=1
+endif
+if BUILD_OPENCL
+lib_liblowbit_la_CPPFLAGS += -DLOWBIT_BUILT_OPENCL=1
+endif
