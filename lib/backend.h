@@ -158,6 +158,16 @@ typedef struct lb_backend {
     lowbit_status_t (*stream_sync)(void *bctx, void *bstream);
     void (*stream_destroy)(void *bctx, void *bstream);
 
+    /* Optional device-to-device copy, ordered on the stream (NULL: the runtime bounces through host memory). */
+    lowbit_status_t (*mem_copy)(void *bctx, void *bstream, const lb_mem_t *dst, const lb_mem_t *src);
+
+    /* Optional timing events (NULL: the runtime synchronizes the stream and reads the host clock).
+     * event_elapsed waits for `end` and returns the device time between the two records in ms. */
+    lowbit_status_t (*event_create)(void *bctx, void **event_p);
+    lowbit_status_t (*event_record)(void *bctx, void *bstream, void *event);
+    lowbit_status_t (*event_elapsed)(void *bctx, void *start, void *end, float *ms_p);
+    void (*event_destroy)(void *bctx, void *event);
+
     /* Ops (optional: NULL = LOWBIT_ERR_UNSUPPORTED). */
     lowbit_status_t (*quantize)(const lb_launch_t *l, const lb_mem_t *in, const lb_qtensor_t *q,
                                 const lowbit_quantize_opts_t *opts);

@@ -148,15 +148,13 @@ void lb_buffer_mem(const lowbit_buffer_t *buf, lb_mem_t *mem)
     mem->bytes = buf->bytes;
 }
 
-/* Common checks of upload/download/fill: the range [offset, offset+bytes) lies inside buf. */
-static lowbit_status_t lb_copy_check(lowbit_context_t *ctx, lowbit_stream_t *stream, const lowbit_buffer_t *buf,
-                                     size_t offset, const void *host, size_t bytes, void **bstream_p, lb_mem_t *m)
+/* Common checks of upload/download/copy/fill: the range [offset, offset+bytes) lies inside buf. */
+static lowbit_status_t lb_range_check(lowbit_context_t *ctx, lowbit_stream_t *stream, const lowbit_buffer_t *buf,
+                                      size_t offset, size_t bytes, void **bstream_p, lb_mem_t *m)
 {
     lowbit_status_t st = lb_check_ctx(ctx);
     if (st != LOWBIT_SUCCESS || (st = lb_check_buffer(ctx, buf, 0, "buf")) != LOWBIT_SUCCESS)
         return st;
-    if (host == NULL)
-        return lb_error(LOWBIT_ERR_INVALID_ARGUMENT, "host pointer: must not be NULL");
     if (bytes == 0)
         return lb_error(LOWBIT_ERR_INVALID_ARGUMENT, "bytes: must be > 0");
     if (offset > buf->bytes || bytes > buf->bytes - offset)
@@ -177,7 +175,9 @@ LOWBIT_API lowbit_status_t lowbit_buffer_upload(lowbit_context_t *ctx, lowbit_st
     lb_error_clear();
     void *bs = NULL;
     lb_mem_t m;
-    lowbit_status_t st = lb_copy_check(ctx, stream, buf, offset, src, bytes, &bs, &m);
+    if (src == NULL)
+        return lb_error(LOWBIT_ERR_INVALID_ARGUMENT, "src: must not be NULL");
+    lowbit_status_t st = lb_range_check(ctx, stream, buf, offset, bytes, &bs, &m);
     return st != LOWBIT_SUCCESS ? st : ctx->be->mem_upload(ctx->bctx, bs, &m, src);
 }
 
@@ -188,8 +188,62 @@ LOWBIT_API lowbit_status_t lowbit_buffer_download(lowbit_context_t *ctx, lowbit_
     lb_error_clear();
     void *bs = NULL;
     lb_mem_t m;
-    lowbit_status_t st = lb_copy_check(ctx, stream, buf, offset, dst, bytes, &bs, &m);
+    if (dst == NULL)
+        return lb_error(LOWBIT_ERR_INVALID_ARGUMENT, "dst: must not be NULL");
+    lowbit_status_t st = lb_range_check(ctx, stream, buf, offset, bytes, &bs, &m);
     return st != LOWBIT_SUCCESS ? st : ctx->be->mem_download(ctx->bctx, bs, &m, dst);
+}
+
+/* Without a device copy, bounce through host memory in slices (only backends lacking mem_copy pay this). */
+static lowbit_status_t lb_copy_bounce(lowbit_context_t *ctx, void *bs, const lb_mem_t *dst, const lb_mem_t *src)
+{
+    enum { SLICE = 1 << 24 };
+    size_t len = src->bytes < SLICE ? src->bytes : SLICE;
+    char *tmp = malloc(len);
+    if (tmp == NULL)
+        return lb_error(LOWBIT_ERR_OUT_OF_MEMORY, "copy: out of host memory");
+    lowbit_status_t st = LOWBIT_SUCCESS;
+    for (size_t done = 0; done < src->bytes && st == LOWBIT_SUCCESS; done += len) {
+        size_t part = src->bytes - done < len ? src->bytes - done : len;
+        lb_mem_t s = *src, d = *dst;
+        s.offset += done;
+        s.bytes = part;
+        d.offset += done;
+        d.bytes = part;
+        st = ctx->be->mem_download(ctx->bctx, bs, &s, tmp);
+        if (st == LOWBIT_SUCCESS)
+            st = ctx->be->mem_upload(ctx->bctx, bs, &d, tmp);
+    }
+    free(tmp);
+    return st;
+}
+
+LOWBIT_API lowbit_status_t lowbit_buffer_copy(lowbit_context_t *ctx, lowbit_stream_t *stream,
+                                              lowbit_buffer_t *dst, size_t dst_offset,
+                                              const lowbit_buffer_t *src, size_t src_offset, size_t bytes)
+{
+    lb_error_clear();
+    void *bs = NULL;
+    lb_mem_t d, s;
+    lowbit_status_t st = lb_range_check(ctx, stream, dst, dst_offset, bytes, &bs, &d);
+    if (st != LOWBIT_SUCCESS || (st = lb_range_check(ctx, stream, src, src_offset, bytes, &bs, &s)) != LOWBIT_SUCCESS)
+        return st;
+    lb_operand_t ops[] = {{dst, 0, "dst", 1, 0}, {src, 0, "src", 0, 0}};
+    /* Compare only the copied ranges: views starting at the offsets. */
+    lowbit_buffer_t dv = *dst, sv = *src;
+    dv.offset += dst_offset;
+    dv.bytes = bytes;
+    sv.offset += src_offset;
+    sv.bytes = bytes;
+    ops[0].buf = &dv;
+    ops[0].bytes = bytes;
+    ops[1].buf = &sv;
+    ops[1].bytes = bytes;
+    if ((st = lb_check_operands(ctx, ops, 2)) != LOWBIT_SUCCESS)
+        return st;
+    if (ctx->be->mem_copy != NULL)
+        return ctx->be->mem_copy(ctx->bctx, bs, &d, &s);
+    return lb_copy_bounce(ctx, bs, &d, &s);
 }
 
 LOWBIT_API lowbit_status_t lowbit_buffer_fill(lowbit_context_t *ctx, lowbit_stream_t *stream,
@@ -198,7 +252,7 @@ LOWBIT_API lowbit_status_t lowbit_buffer_fill(lowbit_context_t *ctx, lowbit_stre
     lb_error_clear();
     void *bs = NULL;
     lb_mem_t m;
-    lowbit_status_t st = lb_copy_check(ctx, stream, buf, 0, &value, buf != NULL ? buf->bytes : 1, &bs, &m);
+    lowbit_status_t st = lb_range_check(ctx, stream, buf, 0, buf != NULL ? buf->bytes : 1, &bs, &m);
     return st != LOWBIT_SUCCESS ? st : ctx->be->mem_fill(ctx->bctx, bs, &m, value);
 }
 

@@ -126,6 +126,12 @@ static lowbit_status_t lb_cpu_mem_fill(void *bctx, void *bstream, const lb_mem_t
     return LOWBIT_SUCCESS;
 }
 
+static lowbit_status_t lb_cpu_mem_copy(void *bctx, void *bstream, const lb_mem_t *dst, const lb_mem_t *src)
+{
+    memcpy(LB_PTR(dst), LB_PTR(src), src->bytes);
+    return LOWBIT_SUCCESS;
+}
+
 static lowbit_status_t lb_cpu_stream_create(void *bctx, void *native, void **bstream_p)
 {
     if (native != NULL)
@@ -158,6 +164,7 @@ static const lb_backend_t lb_cpu = {
     .mem_download = lb_cpu_mem_download,
     .mem_fill = lb_cpu_mem_fill,
     .mem_prefetch = NULL,
+    .mem_copy = lb_cpu_mem_copy,
     .stream_create = lb_cpu_stream_create,
     .stream_sync = lb_cpu_stream_sync,
     .stream_destroy = lb_cpu_stream_destroy,

@@ -222,6 +222,19 @@ LOWBIT_API lowbit_status_t lowbit_stream_synchronize(lowbit_context_t *ctx, lowb
 /* Synchronizes, then frees the stream.  NULL is accepted and ignored. */
 LOWBIT_API lowbit_status_t lowbit_stream_destroy(lowbit_stream_t *stream);
 
+/* Timing events (cudaEvent_t, hipEvent_t, OpenCL profiling, or the host clock on the CPU backend), for
+ * benchmarks: record one before and one after the work on the same stream, then ask for the time between. */
+typedef struct lowbit_event lowbit_event_t;
+LOWBIT_API lowbit_status_t lowbit_event_create(lowbit_context_t *ctx, lowbit_event_t **event_p);
+/* Records the event on the stream (NULL = default): it completes when all earlier work on it has. */
+LOWBIT_API lowbit_status_t lowbit_event_record(lowbit_context_t *ctx, lowbit_stream_t *stream,
+                                               lowbit_event_t *event);
+/* Waits for `end`, then stores in *ms_p the time in milliseconds between the two records. */
+LOWBIT_API lowbit_status_t lowbit_event_elapsed(lowbit_context_t *ctx, const lowbit_event_t *start,
+                                                const lowbit_event_t *end, float *ms_p);
+/* NULL is accepted and ignored. */
+LOWBIT_API lowbit_status_t lowbit_event_destroy(lowbit_event_t *event);
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* Memory                                                                                                  */
 /* ------------------------------------------------------------------------------------------------------ */
@@ -269,6 +282,12 @@ LOWBIT_API lowbit_status_t lowbit_buffer_upload(lowbit_context_t *ctx, lowbit_st
 LOWBIT_API lowbit_status_t lowbit_buffer_download(lowbit_context_t *ctx, lowbit_stream_t *stream,
                                                   const lowbit_buffer_t *buf, size_t offset, void *dst,
                                                   size_t bytes);
+/* Copies bytes [src_offset, src_offset+bytes) of src to [dst_offset, ...) of dst on the device, ordered on
+ * the stream (asynchronous).  The ranges must not overlap (OVERLAP).  Statuses: INVALID_ARGUMENT,
+ * BUFFER_TOO_SMALL, OVERLAP, DEVICE. */
+LOWBIT_API lowbit_status_t lowbit_buffer_copy(lowbit_context_t *ctx, lowbit_stream_t *stream,
+                                              lowbit_buffer_t *dst, size_t dst_offset,
+                                              const lowbit_buffer_t *src, size_t src_offset, size_t bytes);
 /* Sets every byte of the buffer to `value`, ordered on the stream. */
 LOWBIT_API lowbit_status_t lowbit_buffer_fill(lowbit_context_t *ctx, lowbit_stream_t *stream,
                                               lowbit_buffer_t *buf, uint8_t value);
