@@ -336,7 +336,8 @@ typedef struct lowbit_qtensor {
                                          NF4/FP4: must be NULL (the tables are fixed) */
     lowbit_buffer_t *data;            /* quantized codes */
     lowbit_buffer_t *absmax;          /* float32[nb], or uint8[nb] when nested_blocksize > 0 */
-    int32_t nested_blocksize;         /* 0 = plain float32 absmax; else 64 ... 4096 (power of two) */
+    int32_t nested_blocksize;         /* 0 = plain float32 absmax; else 64 ... 4096 (power of two);
+                                         negative: INVALID_ARGUMENT */
     const float *nested_code;         /* host float[256] ascending, NULL = signed dynamic map */
     lowbit_buffer_t *nested_absmax;   /* float32[nb2]; only when nested */
     lowbit_buffer_t *nested_offset;   /* float32[1]; only when nested */

@@ -54,6 +54,8 @@ static int lb_pow2(int32_t v)
 static lowbit_status_t lb_check_blocksize(lowbit_qformat_t format, int32_t blocksize, const char *what)
 {
     int32_t lo = format == LOWBIT_QFORMAT_8BIT ? 64 : 32;
+    if (blocksize <= 0)
+        return lb_error(LOWBIT_ERR_INVALID_ARGUMENT, "%s: %d must be > 0", what, (int)blocksize);
     if (!lb_pow2(blocksize) || blocksize < lo || blocksize > 4096)
         return lb_error(LOWBIT_ERR_UNSUPPORTED, "%s: %d is not supported for %s (powers of two %d ... 4096)", what,
                         (int)blocksize, lowbit_qformat_name(format), (int)lo);
