@@ -7,3 +7,10 @@ benchmarks_lowbit_bench_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
 benchmarks_lowbit_bench_LDFLAGS = $(PTHREAD_CFLAGS)
 benchmarks_lowbit_bench_LDADD = lib/liblowbit.la $(PTHREAD_LIBS)
 # An OpenBLAS sgemm baseline op may be added later under `if HAVE_OPENBLAS` (OPENBLAS_CFLAGS/OPENBLAS_LIBS).
+
+# Family benchmarks against a vendor baseline in the same run (built by `make`, not installed).
+# bench_int8: lowbit_int8_gemm vs OpenBLAS cblas_sgemm (only the lowbit column without OpenBLAS).
+noinst_PROGRAMS += benchmarks/bench_int8
+benchmarks_bench_int8_SOURCES = benchmarks/bench_int8.c
+benchmarks_bench_int8_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS)
+benchmarks_bench_int8_LDADD = lib/liblowbit.la $(OPENBLAS_LIBS)

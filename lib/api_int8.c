@@ -6,6 +6,9 @@
 
 #include "validate.h"
 
+/* 131071 * (-128) * (-128) < 2^31 <= 131072 * (-128) * (-128): the longest K whose sums always fit int32. */
+#define LB_INT8_MAX_K 131071
+
 static lowbit_status_t lb_check_dims(const lowbit_context_t *ctx, int64_t a, const char *an, int64_t b,
                                      const char *bn)
 {
@@ -102,9 +105,9 @@ LOWBIT_API lowbit_status_t lowbit_int8_gemm(lowbit_context_t *ctx, lowbit_stream
         (st = lb_check_dims(ctx, N, "N", K, "K")) != LOWBIT_SUCCESS ||
         (st = lb_check_dims(ctx, M, "M", N, "N")) != LOWBIT_SUCCESS)
         return st;
-    if (K > (1 << 17))
-        return lb_error(LOWBIT_ERR_TOO_LARGE, "K: %lld exceeds 131072, beyond which int32 sums may overflow",
-                        (long long)K);
+    if (K > LB_INT8_MAX_K)
+        return lb_error(LOWBIT_ERR_TOO_LARGE, "K: %lld exceeds %d, beyond which int32 sums may overflow",
+                        (long long)K, LB_INT8_MAX_K);
     lb_operand_t ops[] = {
         {X, (size_t)M * (size_t)K, "X", 0, 0},
         {W, (size_t)N * (size_t)K, "W", 0, 0},
@@ -173,9 +176,9 @@ LOWBIT_API lowbit_status_t lowbit_int8_matmul(lowbit_context_t *ctx, lowbit_stre
         (st = lb_check_dims(ctx, M, "M", N, "N")) != LOWBIT_SUCCESS ||
         (st = lb_check_threshold(threshold)) != LOWBIT_SUCCESS)
         return st;
-    if (K > (1 << 17))
-        return lb_error(LOWBIT_ERR_TOO_LARGE, "K: %lld exceeds 131072, beyond which int32 sums may overflow",
-                        (long long)K);
+    if (K > LB_INT8_MAX_K)
+        return lb_error(LOWBIT_ERR_TOO_LARGE, "K: %lld exceeds %d, beyond which int32 sums may overflow",
+                        (long long)K, LB_INT8_MAX_K);
     size_t es = lowbit_dtype_size(dtype);
     lb_operand_t ops[] = {
         {X, (size_t)M * (size_t)K * es, "X", 0, 0},

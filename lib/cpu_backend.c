@@ -170,6 +170,11 @@ static const lb_backend_t lb_cpu = {
     .stream_destroy = lb_cpu_stream_destroy,
     .quantize = lb_cpu_quantize,
     .dequantize = lb_cpu_dequantize,
+    .int8_quantize_rows = lb_cpu_int8_quantize_rows,
+    .int8_quantize_cols = lb_cpu_int8_quantize_cols,
+    .int8_gemm = lb_cpu_int8_gemm,
+    .int8_dequant = lb_cpu_int8_dequant,
+    .int8_matmul = lb_cpu_int8_matmul,
 };
 
 const lb_backend_t *lb_cpu_backend(void)

@@ -35,8 +35,11 @@
 #define LB_CH 32                    /* elements per vectorized inner loop (divides every block size) */
 #define LB_MAX_BLOCK 4096           /* largest block size (spec 1.2) */
 #define LB_CHUNK_ELEMS 32768        /* elements per unit of parallel work */
-#define LB_Q8_FAST_MIN 4096         /* fewer elements: the literal search is cheaper than building tables */
+#define LB_Q8_FAST_MIN 1024         /* fewer elements: the literal search is cheaper than building tables */
 #define LB_Q8_MAX_BUCKETS (1 << 17) /* 512 KiB; larger tables fall back to the literal search */
+#ifndef LB_STREAM_MIN
+#define LB_STREAM_MIN (1 << 24) /* outputs of at least 16 MiB bypass the caches (AVX2 path) */
+#endif
 
 /* Inner kernels must be inlined into their (cloned) callers with constant format and dtype arguments. */
 #if defined(__GNUC__)
@@ -52,13 +55,16 @@
 #define LB_OMP_FOR(cond)
 #endif
 
-/* The hot loops are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (ifunc).
- * Both versions perform the same IEEE operations; only the vector width differs. */
-#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8 && defined(__x86_64__) && defined(__linux__) && \
-    defined(__GLIBC__) && !defined(LB_NO_TARGET_CLONES)
-#define LB_CLONES __attribute__((target_clones("avx2", "default")))
+/* On x86-64 the block loops are compiled twice, for AVX2 and for the baseline ISA, and picked per call from
+ * the CPU; the AVX2 instance also uses the intrinsic 4-bit kernels below.  Both perform the same IEEE
+ * operations on the same values, only the vector width and the way table entries are fetched differ (the
+ * exhaustive comparison against codes.c covers both). */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(LB_NO_AVX2)
+#include <immintrin.h>
+#define LB_HAVE_AVX2 1
+#define LB_AVX2 __attribute__((target("avx2")))
 #else
-#define LB_CLONES
+#define LB_HAVE_AVX2 0
 #endif
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -185,18 +191,21 @@ static int lb_q8_pick_shift(const uint32_t *T, int count)
 static void lb_q8_fill(lb_q8_t *q8, const uint32_t *T, int count, int64_t nbuckets)
 {
     int shift = q8->shift;
-    int k = 0; /* thresholds <= the bucket's first key */
-    for (int64_t b = 0; b < nbuckets; b++) {
-        uint64_t start = (uint64_t)(q8->bmin + b) << shift, end = start + (1u << shift) - 1u;
-        while (k < count && T[k + 1] <= start)
-            k++;
-        uint32_t d = 0, t = 0;
-        while (k + (int)d < count && T[k + (int)d + 1] <= end) {
-            t = (uint32_t)(T[k + (int)d + 1] - start);
+    int64_t b = 0;
+    for (int k = 0; k < count;) {
+        /* the group T[k+1 .. k+d] of equal thresholds, alone in its bucket tb; buckets before it hold none */
+        int d = 1;
+        while (k + d < count && T[k + d + 1] == T[k + 1])
             d++;
-        }
-        q8->bucket[b] = (uint32_t)k | d << 8 | t << 16;
+        int64_t tb = (int64_t)(T[k + 1] >> shift) - q8->bmin;
+        for (; b < tb; b++)
+            q8->bucket[b] = (uint32_t)k;
+        uint32_t off = T[k + 1] & ((1u << shift) - 1u);
+        q8->bucket[b++] = off == 0 ? (uint32_t)(k + d) : (uint32_t)k | (uint32_t)d << 8 | off << 16;
+        k += d;
     }
+    for (; b < nbuckets; b++)
+        q8->bucket[b] = (uint32_t)count;
     uint64_t lo_key = (uint64_t)q8->bmin << shift;
     uint64_t hi_key = (((uint64_t)q8->bmin + (uint64_t)nbuckets) << shift) - 1u;
     q8->lo = lb_key_f32(lo_key < LB_KEY_NINF ? LB_KEY_NINF : (uint32_t)lo_key);
@@ -297,6 +306,130 @@ static inline uint32_t lb_q4_fast(lowbit_qformat_t fmt, float y)
     return fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_fast(y) : lb_fp4_fast(y);
 }
 
+#if LB_HAVE_AVX2
+/* The same trees for 8 lanes: a 4-level (NF4) or 3-level (FP4) binary search over the sorted thresholds,
+ * each level's threshold picked from a register by the code bits found so far.  Comparisons are ordered
+ * '>' (NaN false), exactly as in C. */
+LB_AVX2 static inline __m256i lb_gt_bit(__m256 y, __m256 thr, int bit)
+{
+    return _mm256_and_si256(_mm256_castps_si256(_mm256_cmp_ps(y, thr, _CMP_GT_OQ)), _mm256_set1_epi32(bit));
+}
+
+LB_AVX2 static inline __m256 lb_pick(__m256 table, __m256i c, int shift)
+{
+    return _mm256_permutevar8x32_ps(table, _mm256_srli_epi32(c, shift));
+}
+
+LB_AVX2 static inline __m256i lb_nf4_avx2(__m256 y)
+{
+    const float *t = lb_nf4_thr;
+    const __m256 l2 = _mm256_setr_ps(t[3], t[11], 0, 0, 0, 0, 0, 0);
+    const __m256 l3 = _mm256_setr_ps(t[1], t[5], t[9], t[13], 0, 0, 0, 0);
+    const __m256 l4 = _mm256_setr_ps(t[0], t[2], t[4], t[6], t[8], t[10], t[12], t[14]);
+    __m256i c = lb_gt_bit(y, _mm256_set1_ps(t[7]), 8);
+    c = _mm256_or_si256(c, lb_gt_bit(y, lb_pick(l2, c, 3), 4));
+    c = _mm256_or_si256(c, lb_gt_bit(y, lb_pick(l3, c, 2), 2));
+    return _mm256_or_si256(c, lb_gt_bit(y, lb_pick(l4, c, 1), 1));
+}
+
+LB_AVX2 static inline __m256i lb_fp4_avx2(__m256 y)
+{
+    const float *t = lb_fp4_thr;
+    const __m256 l2 = _mm256_setr_ps(t[1], t[5], 0, 0, 0, 0, 0, 0);
+    const __m256 l3 = _mm256_setr_ps(t[0], t[2], t[4], t[6], 0, 0, 0, 0);
+    __m256 a = _mm256_and_ps(y, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff)));
+    __m256i r = lb_gt_bit(a, _mm256_set1_ps(t[3]), 4);
+    r = _mm256_or_si256(r, lb_gt_bit(a, lb_pick(l2, r, 2), 2));
+    r = _mm256_or_si256(r, lb_gt_bit(a, lb_pick(l3, r, 1), 1));
+    __m256i code = _mm256_xor_si256(r, _mm256_slli_epi32(_mm256_and_si256(r, _mm256_set1_epi32(2)), 1));
+    return _mm256_or_si256(code, lb_gt_bit(_mm256_setzero_ps(), y, 8)); /* 0 > y: the sign bit */
+}
+
+/* Stores of whole chunks; `stream`: non-temporal (the address is then aligned, see lb_stream_ok).  Output
+ * that will not fit in the caches anyway then costs no read-for-ownership, which matters as these loops are
+ * bound by memory bandwidth. */
+LB_AVX2 static inline void lb_store16_avx2(void *p, __m128i v, int stream)
+{
+    if (stream)
+        _mm_stream_si128((__m128i *)p, v);
+    else
+        _mm_storeu_si128((__m128i *)p, v);
+}
+
+LB_AVX2 static inline void lb_store32_avx2(void *p, __m256i v, int stream)
+{
+    if (stream)
+        _mm256_stream_si256((__m256i *)p, v);
+    else
+        _mm256_storeu_si256((__m256i *)p, v);
+}
+
+/* 32 bytes from memory (a chunk of 8-bit codes) to their place in the output. */
+LB_AVX2 static inline void lb_copy32_avx2(void *dst, const void *src, int stream)
+{
+    lb_store32_avx2(dst, _mm256_loadu_si256((const __m256i *)src), stream);
+}
+
+/* 32 elements x[0..31] (float32 bytes) -> 16 packed bytes. */
+LB_AVX2 static inline void lb_q4_chunk_avx2(lowbit_qformat_t fmt, const unsigned char *x, float inv, uint8_t *out,
+                                            int stream)
+{
+    const __m256 vinv = _mm256_set1_ps(inv);
+    __m128i w[2];
+    for (int h = 0; h < 2; h++) {
+        __m256 a = _mm256_mul_ps(_mm256_loadu_ps((const float *)(const void *)(x + 64 * h)), vinv);
+        __m256 b = _mm256_mul_ps(_mm256_loadu_ps((const float *)(const void *)(x + 64 * h + 32)), vinv);
+        /* even / odd elements: lanes hold pairs 0 1 4 5 | 2 3 6 7 */
+        __m256 ev = _mm256_shuffle_ps(a, b, 0x88), od = _mm256_shuffle_ps(a, b, 0xdd);
+        __m256i ce = fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_avx2(ev) : lb_fp4_avx2(ev);
+        __m256i co = fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_avx2(od) : lb_fp4_avx2(od);
+        __m256i p = _mm256_or_si256(_mm256_slli_epi32(ce, 4), co);
+        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
+        w[h] = _mm_packus_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    }
+    lb_store16_avx2(out, _mm_packus_epi16(w[0], w[1]), stream);
+}
+
+/* 16 packed bytes -> 32 entries of the 16-entry table t_lo:t_hi (32-bit patterns: float32 values, or
+ * 16-bit results zero-extended), stored as 32-bit (wide) or 16-bit values. */
+LB_AVX2 static inline __m256 lb_lookup16(__m256 t_lo, __m256 t_hi, __m256i idx)
+{
+    __m256 lo = _mm256_permutevar8x32_ps(t_lo, idx), hi = _mm256_permutevar8x32_ps(t_hi, idx);
+    return _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28))); /* bit 3 */
+}
+
+LB_AVX2 static inline void lb_dq4_chunk_avx2(__m256 t_lo, __m256 t_hi, const uint8_t *q, unsigned char *out, int wide,
+                                             int stream)
+{
+    for (int h = 0; h < 2; h++) {
+        __m256i b = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(q + 8 * h)));
+        __m256i hi = _mm256_srli_epi32(b, 4), lo = _mm256_and_si256(b, _mm256_set1_epi32(15));
+        __m256i ul = _mm256_unpacklo_epi32(hi, lo), uh = _mm256_unpackhi_epi32(hi, lo);
+        __m256 v0 = lb_lookup16(t_lo, t_hi, _mm256_permute2x128_si256(ul, uh, 0x20));
+        __m256 v1 = lb_lookup16(t_lo, t_hi, _mm256_permute2x128_si256(ul, uh, 0x31));
+        if (wide) {
+            lb_store32_avx2(out + 64 * h, _mm256_castps_si256(v0), stream);
+            lb_store32_avx2(out + 64 * h + 32, _mm256_castps_si256(v1), stream);
+        } else {
+            __m256i p = _mm256_packus_epi32(_mm256_castps_si256(v0), _mm256_castps_si256(v1));
+            lb_store32_avx2(out + 32 * h, _mm256_permute4x64_epi64(p, 0xd8), stream);
+        }
+    }
+}
+
+/* Dequantizes the whole chunks of a 4-bit block with the table tab (16 32-bit patterns); returns the number of
+ * elements done. */
+LB_AVX2 static inline int64_t lb_dq4_run_avx2(const void *tab, int wide, const uint8_t *q, int64_t len,
+                                              unsigned char *out, int stream)
+{
+    __m256 t_lo = _mm256_loadu_ps((const float *)tab), t_hi = _mm256_loadu_ps((const float *)tab + 8);
+    int64_t i = 0;
+    for (; i + LB_CH <= len; i += LB_CH)
+        lb_dq4_chunk_avx2(t_lo, t_hi, q + i / 2, out + (wide ? 4 : 2) * i, wide, stream);
+    return i;
+}
+#endif
+
 /* ------------------------------------------------------------------------------------------------------ */
 /* Stochastic rounding (rule and random stream: rng.h)                                                     */
 /* ------------------------------------------------------------------------------------------------------ */
@@ -304,8 +437,8 @@ static inline uint32_t lb_q4_fast(lowbit_qformat_t fmt, float y)
 /* Position in v[0..count) (ascending) that stochastic rounding picks for y with random r. */
 static int lb_stochastic_pos(const float *v, int count, float y, float r)
 {
-    if (y != y || y < v[0])
-        return 0; /* NaN, or below the table: clamp */
+    if (y < v[0])
+        return 0; /* below the table: clamp */
     if (y >= v[count - 1])
         return count - 1;
     int lo = 0, hi = count - 1; /* v[lo] <= y < v[hi]; ends as the last value <= y and the next */
@@ -324,6 +457,8 @@ static const uint8_t lb_fp4_sorted[15] = {0xb, 0xa, 0xd, 0xc, 0xf, 0xe, 0x9, 0x0
 
 static uint32_t lb_stochastic_code(lowbit_qformat_t fmt, const float *code, float y, float r)
 {
+    if (y != y)
+        return 0; /* code 0, as round-to-nearest gives (for FP4 not the lowest value) */
     if (fmt == LOWBIT_QFORMAT_8BIT)
         return (uint32_t)lb_stochastic_pos(code, 256, y, r);
     if (fmt == LOWBIT_QFORMAT_NF4)
@@ -352,75 +487,139 @@ typedef struct lb_qjob {
     uint64_t seed;
     unsigned char *data;
     unsigned char *absmax; /* float32[nb] */
+    int stream;            /* non-temporal stores of the codes (AVX2 path) */
 } lb_qjob_t;
 
 /* max |x| over x[0..len): NaN never wins (as with a '>' comparison), -0.0 counts as 0.  On the bits: for
  * non-NaN magnitudes the integer order is the float order. */
-LB_INLINE float lb_absmax(const unsigned char *restrict x, int64_t len)
+LB_INLINE uint32_t lb_abs_bits(float v)
 {
-    uint32_t m[LB_CH] = {0};
+    uint32_t a = lb_f32_bits(v) & 0x7fffffffu;
+    return a > 0x7f800000u ? 0u : a;
+}
+
+#if LB_HAVE_AVX2
+/* The same maximum over the whole chunks of x, on the bits like lb_abs_bits (integer operations: the result
+ * cannot depend on the MXCSR denormal modes). */
+LB_AVX2 static inline __m256i lb_abs_bits_avx2(const unsigned char *p)
+{
+    __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)p), _mm256_set1_epi32(0x7fffffff));
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000)), a); /* NaN -> 0 */
+}
+
+LB_AVX2 static inline uint32_t lb_absmax_avx2(const unsigned char *x, int64_t len, int64_t *done)
+{
+    __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
+    int64_t i = 0;
+    for (; i + 16 <= len; i += 16) {
+        m0 = _mm256_max_epi32(m0, lb_abs_bits_avx2(x + 4 * i));
+        m1 = _mm256_max_epi32(m1, lb_abs_bits_avx2(x + 4 * i + 32));
+    }
+    m0 = _mm256_max_epi32(m0, m1);
+    __m128i m = _mm_max_epi32(_mm256_castsi256_si128(m0), _mm256_extracti128_si256(m0, 1));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0x4e));
+    m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
+    *done = i;
+    return (uint32_t)_mm_cvtsi128_si32(m);
+}
+#endif
+
+/* Portable version: one running maximum per lane, no reduction inside the vector loop. */
+LB_INLINE uint32_t lb_absmax_lanes(const unsigned char *x, int64_t len, int64_t *done)
+{
+    uint32_t m[LB_CH];
+    for (int k = 0; k < LB_CH; k++)
+        m[k] = 0;
     int64_t i = 0;
     for (; i + LB_CH <= len; i += LB_CH)
         for (int k = 0; k < LB_CH; k++) {
-            uint32_t a = lb_f32_bits(lb_ldf(x, i + k)) & 0x7fffffffu;
-            a = a > 0x7f800000u ? 0u : a;
+            uint32_t a = lb_abs_bits(lb_ldf(x, i + k));
             m[k] = a > m[k] ? a : m[k];
         }
-    for (; i < len; i++) {
-        uint32_t a = lb_f32_bits(lb_ldf(x, i)) & 0x7fffffffu;
-        a = a > 0x7f800000u ? 0u : a;
-        m[0] = a > m[0] ? a : m[0];
-    }
     uint32_t r = 0;
     for (int k = 0; k < LB_CH; k++)
         r = m[k] > r ? m[k] : r;
+    *done = i;
+    return r;
+}
+
+LB_INLINE float lb_absmax(int avx2, const unsigned char *x, int64_t len)
+{
+    uint32_t r;
+    int64_t i;
+#if LB_HAVE_AVX2
+    if (avx2)
+        r = lb_absmax_avx2(x, len, &i);
+    else
+#endif
+        r = lb_absmax_lanes(x, len, &i);
+    for (; i < len; i++) {
+        uint32_t a = lb_abs_bits(lb_ldf(x, i));
+        r = a > r ? a : r;
+    }
     return lb_bits_f32(r);
 }
 
 /* The vector loops below compute each chunk into a local array and copy it out afterwards: stores to user
  * memory (bytes, which may alias anything) inside the loop would stop the vectorizer. */
 
-LB_INLINE void lb_q8_loop(const lb_q8_t *q8, const unsigned char *x, int64_t len, float inv, uint8_t *out)
+LB_INLINE void lb_q8_loop(const lb_q8_t *q8, int stream, const unsigned char *x, int64_t len, float inv,
+                          uint8_t *out)
 {
     const uint32_t *bucket = q8->bucket;
     uint32_t bmin = q8->bmin;
     int shift = q8->shift;
     float lo = q8->lo, hi = q8->hi;
     int64_t i = 0;
+    (void)stream;
     for (; i + LB_CH <= len; i += LB_CH) {
         uint8_t c[LB_CH];
         for (int k = 0; k < LB_CH; k++)
             c[k] = (uint8_t)lb_q8_fast(bucket, bmin, shift, lo, hi, lb_ldf(x, i + k) * inv);
+#if LB_HAVE_AVX2
+        if (stream) {
+            lb_copy32_avx2(out + i, c, 1);
+            continue;
+        }
+#endif
         memcpy(out + i, c, sizeof c);
     }
     for (; i < len; i++)
         out[i] = (uint8_t)lb_q8_fast(bucket, bmin, shift, lo, hi, lb_ldf(x, i) * inv);
 }
 
-LB_INLINE void lb_quantize_8bit_block(const lb_q8_t *q8, const unsigned char *x, int64_t len, float inv,
+LB_INLINE void lb_quantize_8bit_block(const lb_q8_t *q8, int stream, const unsigned char *x, int64_t len, float inv,
                                       uint8_t *out)
 {
-    if (q8->bucket != NULL) {
-        lb_q8_loop(q8, x, len, inv, out);
+    if (q8->bucket == NULL) {
+        for (int64_t i = 0; i < len; i++)
+            out[i] = (uint8_t)lb_quantize_8bit_value(q8->code, lb_ldf(x, i) * inv);
         return;
     }
-    for (int64_t i = 0; i < len; i++)
-        out[i] = (uint8_t)lb_quantize_8bit_value(q8->code, lb_ldf(x, i) * inv);
+    /* (an AVX2 hardware gather was measured no faster than the vectorized C on Zen 3) */
+    lb_q8_loop(q8, stream, x, len, inv, out);
 }
 
 /* Elements 2i / 2i+1 go to the high / low nibble of out[i]; an odd len pads with the code of 0.0 * inv, the
  * value bitsandbytes' kernel quantizes for the missing element (NaN, hence code 0, in an all-zero block). */
-LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, const unsigned char *x, int64_t len, float inv,
-                                          uint8_t *out)
+LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, int avx2, int stream, const unsigned char *x,
+                                          int64_t len, float inv, uint8_t *out)
 {
     int64_t pairs = len / 2, i = 0;
     for (; i + LB_CH / 2 <= pairs; i += LB_CH / 2) {
-        uint8_t c[LB_CH / 2];
-        for (int k = 0; k < LB_CH / 2; k++) {
-            uint32_t h = lb_q4_fast(fmt, lb_ldf(x, 2 * (i + k)) * inv);
-            uint32_t l = lb_q4_fast(fmt, lb_ldf(x, 2 * (i + k) + 1) * inv);
-            c[k] = (uint8_t)(h << 4 | l);
+#if LB_HAVE_AVX2
+        if (avx2) {
+            lb_q4_chunk_avx2(fmt, x + 8 * i, inv, out + i, stream);
+            continue;
         }
+#endif
+        /* codes in 32-bit lanes first: narrowing inside the sum of comparisons vectorizes badly */
+        uint32_t c32[LB_CH];
+        uint8_t c[LB_CH / 2];
+        for (int k = 0; k < LB_CH; k++)
+            c32[k] = lb_q4_fast(fmt, lb_ldf(x, 2 * i + k) * inv);
+        for (int k = 0; k < LB_CH / 2; k++)
+            c[k] = (uint8_t)(c32[2 * k] << 4 | c32[2 * k + 1]);
         memcpy(out + i, c, sizeof c);
     }
     for (; i < pairs; i++)
@@ -429,14 +628,14 @@ LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, const unsigned c
         out[pairs] = (uint8_t)(lb_q4_fast(fmt, lb_ldf(x, len - 1) * inv) << 4 | lb_q4_fast(fmt, 0.0f * inv));
 }
 
-LB_INLINE void lb_quantize_4bit_block(lowbit_qformat_t fmt, const unsigned char *x, int64_t len, float inv,
-                                      uint8_t *out)
+LB_INLINE void lb_quantize_4bit_block(lowbit_qformat_t fmt, int avx2, int stream, const unsigned char *x, int64_t len,
+                                      float inv, uint8_t *out)
 {
     /* separate instances so that each inner loop is specialized */
     if (fmt == LOWBIT_QFORMAT_NF4)
-        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_NF4, x, len, inv, out);
+        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_NF4, avx2, stream, x, len, inv, out);
     else
-        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_FP4, x, len, inv, out);
+        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_FP4, avx2, stream, x, len, inv, out);
 }
 
 static void lb_quantize_stochastic_block(const lb_qjob_t *job, const unsigned char *x, int64_t start, int64_t len,
@@ -485,15 +684,16 @@ LB_INLINE const unsigned char *lb_block_f32(const lb_qjob_t *job, int64_t start,
     return (const unsigned char *)buf;
 }
 
-LB_CLONES static void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64_t j1)
+LB_INLINE void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64_t j1, int avx2)
 {
     float buf[LB_MAX_BLOCK];
     int four = job->format != LOWBIT_QFORMAT_8BIT;
+    int stream = avx2 && job->stream;
     for (int64_t j = j0; j < j1; j++) {
         int64_t start = j * job->blocksize;
         int64_t len = job->n - start < job->blocksize ? job->n - start : job->blocksize;
         const unsigned char *x = lb_block_f32(job, start, len, buf);
-        float absmax = lb_absmax(x, len);
+        float absmax = lb_absmax(avx2, x, len);
         lb_stf(job->absmax, j, absmax);
         /* an all-zero block gives inv = inf and y = 0 * inf = NaN, hence code 0 (spec 1.1) */
         float inv = 1.0f / absmax;
@@ -501,19 +701,53 @@ LB_CLONES static void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64
         if (job->stochastic)
             lb_quantize_stochastic_block(job, x, start, len, inv, out);
         else if (four)
-            lb_quantize_4bit_block(job->format, x, len, inv, out);
+            lb_quantize_4bit_block(job->format, avx2, stream, x, len, inv, out);
         else
-            lb_quantize_8bit_block(&job->q8, x, len, inv, out);
+            lb_quantize_8bit_block(&job->q8, stream, x, len, inv, out);
     }
+}
+
+static void lb_quantize_blocks_base(const lb_qjob_t *job, int64_t j0, int64_t j1)
+{
+    lb_quantize_blocks(job, j0, j1, 0);
+}
+
+#if LB_HAVE_AVX2
+LB_AVX2 static void lb_quantize_blocks_avx2(const lb_qjob_t *job, int64_t j0, int64_t j1)
+{
+    lb_quantize_blocks(job, j0, j1, 1);
+    if (job->stream)
+        _mm_sfence(); /* order the non-temporal stores before the end of the parallel region */
+}
+
+static int lb_cpu_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
+
+typedef void (*lb_qblocks_fn)(const lb_qjob_t *job, int64_t j0, int64_t j1);
+
+/* Non-temporal stores for outputs too large to stay in the caches, when every whole chunk of output is
+ * 32-byte aligned (blocks and chunks start at multiples of 32 elements). */
+static int lb_stream_ok(const void *out, size_t bytes)
+{
+    return bytes >= LB_STREAM_MIN && ((uintptr_t)out & 31) == 0;
 }
 
 static void lb_quantize_run(const lb_qjob_t *job)
 {
+    lb_qblocks_fn fn = lb_quantize_blocks_base;
+#if LB_HAVE_AVX2
+    if (lb_cpu_has_avx2())
+        fn = lb_quantize_blocks_avx2;
+#endif
     int64_t per = LB_CHUNK_ELEMS / job->blocksize > 0 ? LB_CHUNK_ELEMS / job->blocksize : 1;
     int64_t chunks = (job->nb + per - 1) / per;
     LB_OMP_FOR(chunks > 1)
     for (int64_t c = 0; c < chunks; c++)
-        lb_quantize_blocks(job, c * per, (c + 1) * per < job->nb ? (c + 1) * per : job->nb);
+        fn(job, c * per, (c + 1) * per < job->nb ? (c + 1) * per : job->nb);
 }
 
 /* Nested absmax (spec 3.1): offset = mean in float64, summed in index order so the result does not depend
@@ -565,6 +799,7 @@ LB_HIDDEN lowbit_status_t lb_cpu_quantize(const lb_launch_t *l, const lb_mem_t *
     }
 
     job.absmax = nested ? (unsigned char *)tmp : LB_PTR(&q->absmax);
+    job.stream = lb_stream_ok(job.data, q->format == LOWBIT_QFORMAT_8BIT ? (size_t)q->n : (size_t)(q->n + 1) / 2);
     lb_quantize_run(&job);
     if (nested) {
         float offset = lb_center(tmp, job.nb);
@@ -607,6 +842,7 @@ typedef struct lb_djob {
     const unsigned char *nested_absmax;
     float offset;
     unsigned char *out;
+    int stream;                  /* non-temporal stores (AVX2 path) */
 } lb_djob_t;
 
 LB_INLINE float lb_block_absmax(const lb_djob_t *job, int64_t j)
@@ -618,38 +854,48 @@ LB_INLINE float lb_block_absmax(const lb_djob_t *job, int64_t j)
     return scaled + job->offset;
 }
 
-LB_INLINE void lb_dequantize_8bit_block(const lb_djob_t *job, const uint8_t *q, int64_t len, float absmax,
-                                        unsigned char *out)
+#if LB_HAVE_AVX2
+/* out[i] = code[q[i]] * absmax for the whole chunks of a block, with hardware gathers; returns the count. */
+LB_AVX2 static inline int64_t lb_dq8_run_avx2(const float *code, const uint8_t *q, int64_t len, float absmax,
+                                              unsigned char *out, int stream)
+{
+    const __m256 am = _mm256_set1_ps(absmax);
+    int64_t i = 0;
+    for (; i + LB_CH <= len; i += LB_CH)
+        for (int h = 0; h < LB_CH; h += 8) {
+            __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(q + i + h)));
+            __m256 v = _mm256_mul_ps(_mm256_i32gather_ps(code, idx, 4), am);
+            lb_store32_avx2(out + 4 * (i + h), _mm256_castps_si256(v), stream);
+        }
+    return i;
+}
+#endif
+
+/* Without AVX2 the loops stay scalar: vectorized table lookups without gather instructions cost more than
+ * they save. */
+LB_INLINE void lb_dequantize_8bit_block(const lb_djob_t *job, int avx2, int stream, const uint8_t *q, int64_t len,
+                                        float absmax, unsigned char *out)
 {
     const float *code = job->code;
     lowbit_dtype_t dt = job->out_dtype;
     int64_t i = 0;
     if (dt == LOWBIT_F32) {
-        for (; i + LB_CH <= len; i += LB_CH) {
-            uint8_t c[LB_CH];
-            float v[LB_CH];
-            memcpy(c, q + i, sizeof c);
-            for (int k = 0; k < LB_CH; k++)
-                v[k] = code[c[k]] * absmax;
-            memcpy(out + 4 * i, v, sizeof v);
-        }
+#if LB_HAVE_AVX2
+        if (avx2)
+            i = lb_dq8_run_avx2(code, q, len, absmax, out, stream);
+#endif
         for (; i < len; i++)
             lb_stf(out, i, code[q[i]] * absmax);
         return;
     }
     /* 16-bit outputs: convert the 256 possible values once when the block is large enough to pay */
-    uint16_t tab[256];
     if (len >= 1024) {
+        uint16_t tab[256];
         for (int c = 0; c < 256; c++)
             tab[c] = lb_to_half(dt, code[c] * absmax);
-        for (; i + LB_CH <= len; i += LB_CH) {
-            uint8_t c[LB_CH];
-            uint16_t v[LB_CH];
-            memcpy(c, q + i, sizeof c);
-            for (int k = 0; k < LB_CH; k++)
-                v[k] = tab[c[k]];
-            memcpy(out + 2 * i, v, sizeof v);
-        }
+        for (; i < len; i++)
+            lb_sth(out, i, tab[q[i]]);
+        return;
     }
     for (; i < len; i++)
         lb_sth(out, i, lb_to_half(dt, code[q[i]] * absmax));
@@ -670,31 +916,45 @@ LB_INLINE void lb_dequantize_8bit_block(const lb_djob_t *job, const uint8_t *q, 
             }                                                                                                  \
             memcpy((out) + 2 * i_ * sizeof(T), v_, sizeof v_);                                                 \
         }                                                                                                      \
-        for (; i_ < (len); i_++) {                                                                             \
+        for (i_ *= 2; i_ < (len); i_++) { /* the rest, by element */                                           \
             T v_ = (tab)[i_ % 2 ? (q)[i_ / 2] & 15 : (q)[i_ / 2] >> 4];                                        \
             memcpy((out) + i_ * sizeof(T), &v_, sizeof v_);                                                    \
         }                                                                                                      \
     } while (0)
 
-LB_INLINE void lb_dequantize_4bit_block(const lb_djob_t *job, const uint8_t *q, int64_t len, float absmax,
-                                        unsigned char *out)
+LB_INLINE void lb_dequantize_4bit_block(const lb_djob_t *job, int avx2, int stream, const uint8_t *q, int64_t len,
+                                        float absmax, unsigned char *out)
 {
+    int64_t done = 0;
     if (job->out_dtype == LOWBIT_F32) {
         float tab[16];
         for (int c = 0; c < 16; c++)
             tab[c] = job->code[c] * absmax;
-        LB_DEQUANT4_LOOP(float, tab, q, len, out);
+#if LB_HAVE_AVX2
+        if (avx2)
+            done = lb_dq4_run_avx2(tab, 1, q, len, out, stream);
+#endif
+        LB_DEQUANT4_LOOP(float, tab, q + done / 2, len - done, out + 4 * done);
     } else {
         uint16_t tab[16];
         for (int c = 0; c < 16; c++)
             tab[c] = lb_to_half(job->out_dtype, job->code[c] * absmax);
-        LB_DEQUANT4_LOOP(uint16_t, tab, q, len, out);
+#if LB_HAVE_AVX2
+        if (avx2) {
+            uint32_t wide[16];
+            for (int c = 0; c < 16; c++)
+                wide[c] = tab[c];
+            done = lb_dq4_run_avx2(wide, 0, q, len, out, stream);
+        }
+#endif
+        LB_DEQUANT4_LOOP(uint16_t, tab, q + done / 2, len - done, out + 2 * done);
     }
 }
 
-LB_CLONES static void lb_dequantize_blocks(const lb_djob_t *job, int64_t j0, int64_t j1)
+LB_INLINE void lb_dequantize_blocks(const lb_djob_t *job, int64_t j0, int64_t j1, int avx2)
 {
     int four = job->format != LOWBIT_QFORMAT_8BIT;
+    int stream = avx2 && job->stream;
     size_t esize = job->out_dtype == LOWBIT_F32 ? 4 : 2;
     for (int64_t j = j0; j < j1; j++) {
         int64_t start = j * job->blocksize;
@@ -702,11 +962,27 @@ LB_CLONES static void lb_dequantize_blocks(const lb_djob_t *job, int64_t j0, int
         float absmax = lb_block_absmax(job, j);
         unsigned char *out = job->out + (size_t)start * esize;
         if (four)
-            lb_dequantize_4bit_block(job, job->data + start / 2, len, absmax, out);
+            lb_dequantize_4bit_block(job, avx2, stream, job->data + start / 2, len, absmax, out);
         else
-            lb_dequantize_8bit_block(job, job->data + start, len, absmax, out);
+            lb_dequantize_8bit_block(job, avx2, stream, job->data + start, len, absmax, out);
     }
 }
+
+static void lb_dequantize_blocks_base(const lb_djob_t *job, int64_t j0, int64_t j1)
+{
+    lb_dequantize_blocks(job, j0, j1, 0);
+}
+
+#if LB_HAVE_AVX2
+LB_AVX2 static void lb_dequantize_blocks_avx2(const lb_djob_t *job, int64_t j0, int64_t j1)
+{
+    lb_dequantize_blocks(job, j0, j1, 1);
+    if (job->stream)
+        _mm_sfence();
+}
+#endif
+
+typedef void (*lb_dqblocks_fn)(const lb_djob_t *job, int64_t j0, int64_t j1);
 
 LB_HIDDEN lowbit_status_t lb_cpu_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowbit_dtype_t out_dtype,
                                             const lb_mem_t *out)
@@ -723,16 +999,22 @@ LB_HIDDEN lowbit_status_t lb_cpu_dequantize(const lb_launch_t *l, const lb_qtens
     job.data = LB_PTR(&q->data);
     job.absmax = LB_PTR(&q->absmax);
     job.out = LB_PTR(out);
+    job.stream = lb_stream_ok(job.out, (size_t)q->n * (out_dtype == LOWBIT_F32 ? 4 : 2));
     if (q->nested_blocksize > 0) {
         job.nested_blocksize = q->nested_blocksize;
         job.nested_code = q->nested_code;
         job.nested_absmax = LB_PTR(&q->nested_absmax);
         job.offset = lb_ldf(LB_PTR(&q->nested_offset), 0);
     }
+    lb_dqblocks_fn fn = lb_dequantize_blocks_base;
+#if LB_HAVE_AVX2
+    if (lb_cpu_has_avx2())
+        fn = lb_dequantize_blocks_avx2;
+#endif
     int64_t per = LB_CHUNK_ELEMS / job.blocksize > 0 ? LB_CHUNK_ELEMS / job.blocksize : 1;
     int64_t chunks = (job.nb + per - 1) / per;
     LB_OMP_FOR(chunks > 1)
     for (int64_t c = 0; c < chunks; c++)
-        lb_dequantize_blocks(&job, c * per, (c + 1) * per < job.nb ? (c + 1) * per : job.nb);
+        fn(&job, c * per, (c + 1) * per < job.nb ? (c + 1) * per : job.nb);
     return LOWBIT_SUCCESS;
 }

@@ -417,7 +417,7 @@ LOWBIT_API lowbit_status_t lowbit_int8_quantize_cols(lowbit_context_t *ctx, lowb
                                                      lowbit_buffer_t *q, lowbit_buffer_t *col_stats);
 
 /* Exact integer product C[M, N] = X[M, K] * W[N, K]^T: X, W int8 row-major, C int32 row-major.
- * Any K >= 1 (sums of up to 2^17 products cannot overflow int32). */
+ * 1 <= K <= 131071, the longest K whose sums cannot overflow int32 (TOO_LARGE beyond). */
 LOWBIT_API lowbit_status_t lowbit_int8_gemm(lowbit_context_t *ctx, lowbit_stream_t *stream, int64_t M,
                                             int64_t N, int64_t K, const lowbit_buffer_t *X,
                                             const lowbit_buffer_t *W, lowbit_buffer_t *C);

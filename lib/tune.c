@@ -20,6 +20,10 @@ typedef struct lb_tune_key {
 /* Every parameter a kernel may ask for.  Ranges are checked before a value reaches a launch. */
 static const lb_tune_key_t lb_tune_keys[] = {
     {"cpu.quantize.chunk_blocks", 1, 1 << 20},
+    {"cpu.int8.simd", 0, 1},
+    {"cpu.int8.gemm_mc", 6, 1 << 16},
+    {"cpu.int8.gemm_nc", 16, 1 << 16},
+    {"cpu.int8.gemm_kc", 16, 1 << 17},
 };
 
 /* Built-in values: architecture key prefix -> parameter. */

@@ -1,0 +1,50 @@
+# tests: Check suites, one program per backend built from the same sources (LB_TEST_BACKEND).  A program
+# whose backend has no usable device prints why and exits 77 (SKIP).  Uninstalled GPU modules are found
+# through LOWBIT_MODULE_PATH.  Nothing is written to the source tree (make distcheck).
+
+LB_TEST_SOURCES = \
+	tests/main.c tests/suites.h tests/lbt.c tests/lbt.h tests/ref.c tests/ref.h tests/ref_tables.c \
+	tests/test_runtime.c tests/test_codes.c tests/test_quant.c tests/test_nested.c \
+	tests/test_stochastic.c tests/test_badinput.c tests/test_stats.c tests/test_int8.c
+# -ffp-contract=off: the reference's float32 steps must round exactly as written (no FMA contraction)
+LB_TEST_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(PTHREAD_CFLAGS) -ffp-contract=off
+LB_TEST_LDADD = lib/liblowbit.la $(CHECK_LIBS) $(PTHREAD_LIBS) -lm
+
+if HAVE_CHECK
+LB_TEST_BINS = tests/test-cpu tests/test-opencl tests/test-cuda tests/test-hip
+check_PROGRAMS += $(LB_TEST_BINS)
+TESTS += $(LB_TEST_BINS)
+
+tests_test_cpu_SOURCES = $(LB_TEST_SOURCES)
+tests_test_cpu_CPPFLAGS = $(AM_CPPFLAGS) -DLB_TEST_BACKEND=\"cpu\"
+tests_test_cpu_CFLAGS = $(LB_TEST_CFLAGS)
+tests_test_cpu_LDADD = $(LB_TEST_LDADD)
+
+tests_test_opencl_SOURCES = $(LB_TEST_SOURCES)
+tests_test_opencl_CPPFLAGS = $(AM_CPPFLAGS) -DLB_TEST_BACKEND=\"opencl\"
+tests_test_opencl_CFLAGS = $(LB_TEST_CFLAGS)
+tests_test_opencl_LDADD = $(LB_TEST_LDADD)
+
+tests_test_cuda_SOURCES = $(LB_TEST_SOURCES)
+tests_test_cuda_CPPFLAGS = $(AM_CPPFLAGS) -DLB_TEST_BACKEND=\"cuda\"
+tests_test_cuda_CFLAGS = $(LB_TEST_CFLAGS)
+tests_test_cuda_LDADD = $(LB_TEST_LDADD)
+
+tests_test_hip_SOURCES = $(LB_TEST_SOURCES)
+tests_test_hip_CPPFLAGS = $(AM_CPPFLAGS) -DLB_TEST_BACKEND=\"hip\"
+tests_test_hip_CFLAGS = $(LB_TEST_CFLAGS)
+tests_test_hip_LDADD = $(LB_TEST_LDADD)
+else
+# configure warned that Check is missing: make check fails (hard error) rather than passing empty
+TESTS += tests/no-check.sh
+endif
+EXTRA_DIST += tests/no-check.sh tests/README.md
+
+# The build tree's module directories first, so uninstalled modules are found (and installed ones of
+# another version are not).
+AM_TESTS_ENVIRONMENT = \
+	LOWBIT_MODULE_PATH='$(abs_top_builddir)/backends/cuda/.libs:$(abs_top_builddir)/backends/hip/.libs:$(abs_top_builddir)/opencl/.libs'; \
+	export LOWBIT_MODULE_PATH;
+
+# Module-loader tests (tests/modules/, fake modules that must be refused)
+include tests/modules/local.mk.part
