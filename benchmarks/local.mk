@@ -14,3 +14,9 @@ noinst_PROGRAMS += benchmarks/bench_int8
 benchmarks_bench_int8_SOURCES = benchmarks/bench_int8.c
 benchmarks_bench_int8_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS)
 benchmarks_bench_int8_LDADD = lib/liblowbit.la $(OPENBLAS_LIBS)
+# bench-optim: one 8-bit and one 32-bit Adam step against a multi-threaded memcpy.
+noinst_PROGRAMS += benchmarks/bench-optim
+benchmarks_bench_optim_SOURCES = benchmarks/bench_optim.c
+benchmarks_bench_optim_CFLAGS = $(AM_CFLAGS) $(OPENMP_CFLAGS)
+benchmarks_bench_optim_LDFLAGS = $(OPENMP_CFLAGS)
+benchmarks_bench_optim_LDADD = lib/liblowbit.la -lm

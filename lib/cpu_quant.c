@@ -9,11 +9,14 @@
  *    so it is fully described by 255 thresholds on a monotone integer key of y.  They are derived per call
  *    from lb_quantize_8bit_value itself, then a bucket table on the key's top bits gives each element's
  *    code with one table load and one integer comparison (lb_q8_*).
- *  - NF4/FP4: the comparison trees are counts of thresholds below y, computed branch-free.
+ *  - NF4/FP4: the comparison trees are counts of thresholds below y, computed branch-free (with AVX2: the
+ *    same binary search, 8 lanes at a time, thresholds picked from registers).
  *
  * Buffers may sit at any byte offset (buffer views), so all loads and stores of user memory go through
  * memcpy, which the compiler turns into plain (unaligned) loads and stores.  Inner loops run over chunks of
- * LB_CH elements, a divisor of every block size, so that gcc -O2 vectorizes them without epilogues.
+ * LB_CH elements, a divisor of every block size, so that gcc -O2 vectorizes them without epilogues.  Work is
+ * split over OpenMP threads in runs of whole blocks; every element's result depends only on its block, so
+ * the thread count never changes a bit of the output.
  */
 #include "config.h"
 
@@ -41,7 +44,7 @@
 #define LB_STREAM_MIN (1 << 24) /* outputs of at least 16 MiB bypass the caches (AVX2 path) */
 #endif
 
-/* Inner kernels must be inlined into their (cloned) callers with constant format and dtype arguments. */
+/* Inner kernels are inlined into each instance (baseline / AVX2) with constant format and ISA arguments. */
 #if defined(__GNUC__)
 #define LB_INLINE static inline __attribute__((always_inline))
 #else
@@ -109,7 +112,11 @@ static inline uint16_t lb_to_half(lowbit_dtype_t dt, float v)
  * them apart): key = 2^31 + |y| bits for y >= 0, 2^31 - |y| bits for y < 0.  key(-inf) = LB_KEY_NINF,
  * key(+inf) = LB_KEY_PINF; the rule gives 0 at -inf and for NaN.
  *
- * Since code(y) is non-decreasing in key(y), code(y) = #{k in 1..255 : key(y) >= T[k]} with T[k] the
+ * The rule is non-decreasing in y for a sorted table: its search ends on the even pivot p with
+ * c[p-1] < y <= c[p+1], which moves up with y, and then picks p-1, p or p+1 by '>' / '<' comparisons of y,
+ * whose outcomes also only move up.  (This holds with repeated or infinite entries; lb_q8_init still
+ * verifies every threshold against the rule, and the exhaustive tests compare all 2^32 floats.)
+ * So code(y) = #{k in 1..255 : key(y) >= T[k]} with T[k] the
  * smallest key whose code is >= k.  A bucket covers 2^shift consecutive keys and holds
  *   base | d << 8 | t << 16:  code = base for keys below start + t, base + d from start + t on
  * (d > 1 when several T[k] coincide, e.g. tables with repeated values).  The shift is chosen so that no
@@ -560,10 +567,32 @@ LB_INLINE float lb_absmax(int avx2, const unsigned char *x, int64_t len)
     return lb_bits_f32(r);
 }
 
+/* How a block's codes are written and what to fetch meanwhile.  A block is read twice, for its absmax and
+ * then for its codes; the first pass waits on memory and the second on arithmetic, so while coding a block
+ * the loops prefetch the input of the next one (next: its first byte, NULL if none; esize: bytes per input
+ * element), and the memory traffic overlaps the arithmetic. */
+typedef struct lb_qio {
+    int stream;                /* non-temporal stores (AVX2 instance, aligned output) */
+    const unsigned char *next; /* input of the next block, or NULL */
+    int esize;
+} lb_qio_t;
+
+/* Prefetches the part of the next block's input that matches chunk i (elements) of this one. */
+LB_INLINE void lb_prefetch_next(const lb_qio_t *io, int64_t i)
+{
+#if defined(__GNUC__)
+    if (io->next != NULL)
+        for (int b = 0; b < LB_CH * io->esize; b += 64)
+            __builtin_prefetch(io->next + (int64_t)io->esize * i + b);
+#else
+    (void)io, (void)i;
+#endif
+}
+
 /* The vector loops below compute each chunk into a local array and copy it out afterwards: stores to user
  * memory (bytes, which may alias anything) inside the loop would stop the vectorizer. */
 
-LB_INLINE void lb_q8_loop(const lb_q8_t *q8, int stream, const unsigned char *x, int64_t len, float inv,
+LB_INLINE void lb_q8_loop(const lb_q8_t *q8, const lb_qio_t *io, const unsigned char *x, int64_t len, float inv,
                           uint8_t *out)
 {
     const uint32_t *bucket = q8->bucket;
@@ -571,13 +600,13 @@ LB_INLINE void lb_q8_loop(const lb_q8_t *q8, int stream, const unsigned char *x,
     int shift = q8->shift;
     float lo = q8->lo, hi = q8->hi;
     int64_t i = 0;
-    (void)stream;
     for (; i + LB_CH <= len; i += LB_CH) {
         uint8_t c[LB_CH];
+        lb_prefetch_next(io, i);
         for (int k = 0; k < LB_CH; k++)
             c[k] = (uint8_t)lb_q8_fast(bucket, bmin, shift, lo, hi, lb_ldf(x, i + k) * inv);
 #if LB_HAVE_AVX2
-        if (stream) {
+        if (io->stream) {
             lb_copy32_avx2(out + i, c, 1);
             continue;
         }
@@ -588,8 +617,8 @@ LB_INLINE void lb_q8_loop(const lb_q8_t *q8, int stream, const unsigned char *x,
         out[i] = (uint8_t)lb_q8_fast(bucket, bmin, shift, lo, hi, lb_ldf(x, i) * inv);
 }
 
-LB_INLINE void lb_quantize_8bit_block(const lb_q8_t *q8, int stream, const unsigned char *x, int64_t len, float inv,
-                                      uint8_t *out)
+LB_INLINE void lb_quantize_8bit_block(const lb_q8_t *q8, const lb_qio_t *io, const unsigned char *x, int64_t len,
+                                      float inv, uint8_t *out)
 {
     if (q8->bucket == NULL) {
         for (int64_t i = 0; i < len; i++)
@@ -597,19 +626,20 @@ LB_INLINE void lb_quantize_8bit_block(const lb_q8_t *q8, int stream, const unsig
         return;
     }
     /* (an AVX2 hardware gather was measured no faster than the vectorized C on Zen 3) */
-    lb_q8_loop(q8, stream, x, len, inv, out);
+    lb_q8_loop(q8, io, x, len, inv, out);
 }
 
 /* Elements 2i / 2i+1 go to the high / low nibble of out[i]; an odd len pads with the code of 0.0 * inv, the
  * value bitsandbytes' kernel quantizes for the missing element (NaN, hence code 0, in an all-zero block). */
-LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, int avx2, int stream, const unsigned char *x,
+LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, int avx2, const lb_qio_t *io, const unsigned char *x,
                                           int64_t len, float inv, uint8_t *out)
 {
     int64_t pairs = len / 2, i = 0;
     for (; i + LB_CH / 2 <= pairs; i += LB_CH / 2) {
+        lb_prefetch_next(io, 2 * i);
 #if LB_HAVE_AVX2
         if (avx2) {
-            lb_q4_chunk_avx2(fmt, x + 8 * i, inv, out + i, stream);
+            lb_q4_chunk_avx2(fmt, x + 8 * i, inv, out + i, io->stream);
             continue;
         }
 #endif
@@ -628,14 +658,14 @@ LB_INLINE void lb_quantize_4bit_block_fmt(lowbit_qformat_t fmt, int avx2, int st
         out[pairs] = (uint8_t)(lb_q4_fast(fmt, lb_ldf(x, len - 1) * inv) << 4 | lb_q4_fast(fmt, 0.0f * inv));
 }
 
-LB_INLINE void lb_quantize_4bit_block(lowbit_qformat_t fmt, int avx2, int stream, const unsigned char *x, int64_t len,
-                                      float inv, uint8_t *out)
+LB_INLINE void lb_quantize_4bit_block(lowbit_qformat_t fmt, int avx2, const lb_qio_t *io, const unsigned char *x,
+                                      int64_t len, float inv, uint8_t *out)
 {
     /* separate instances so that each inner loop is specialized */
     if (fmt == LOWBIT_QFORMAT_NF4)
-        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_NF4, avx2, stream, x, len, inv, out);
+        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_NF4, avx2, io, x, len, inv, out);
     else
-        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_FP4, avx2, stream, x, len, inv, out);
+        lb_quantize_4bit_block_fmt(LOWBIT_QFORMAT_FP4, avx2, io, x, len, inv, out);
 }
 
 static void lb_quantize_stochastic_block(const lb_qjob_t *job, const unsigned char *x, int64_t start, int64_t len,
@@ -688,10 +718,12 @@ LB_INLINE void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64_t j1, 
 {
     float buf[LB_MAX_BLOCK];
     int four = job->format != LOWBIT_QFORMAT_8BIT;
-    int stream = avx2 && job->stream;
+    lb_qio_t io = {avx2 && job->stream, NULL, job->dtype == LOWBIT_F32 ? 4 : 2};
     for (int64_t j = j0; j < j1; j++) {
         int64_t start = j * job->blocksize;
         int64_t len = job->n - start < job->blocksize ? job->n - start : job->blocksize;
+        /* whole next blocks only: a prefetch never faults, but stays inside the input anyway */
+        io.next = start + 2 * job->blocksize <= job->n ? job->in + (int64_t)io.esize * (start + job->blocksize) : NULL;
         const unsigned char *x = lb_block_f32(job, start, len, buf);
         float absmax = lb_absmax(avx2, x, len);
         lb_stf(job->absmax, j, absmax);
@@ -701,9 +733,9 @@ LB_INLINE void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64_t j1, 
         if (job->stochastic)
             lb_quantize_stochastic_block(job, x, start, len, inv, out);
         else if (four)
-            lb_quantize_4bit_block(job->format, avx2, stream, x, len, inv, out);
+            lb_quantize_4bit_block(job->format, avx2, &io, x, len, inv, out);
         else
-            lb_quantize_8bit_block(&job->q8, stream, x, len, inv, out);
+            lb_quantize_8bit_block(&job->q8, &io, x, len, inv, out);
     }
 }
 

@@ -1,14 +1,14 @@
 # liblowbit: the runtime, argument validation, code tables, tuning table and the CPU backend.
 lib_LTLIBRARIES += lib/liblowbit.la
 include_HEADERS += lib/lowbit.h
-noinst_HEADERS += lib/backend.h lib/runtime.h lib/half.h lib/codes.h lib/cpu.h lib/validate.h lib/tune.h
+noinst_HEADERS += lib/backend.h lib/runtime.h lib/half.h lib/codes.h lib/cpu.h lib/validate.h lib/tune.h lib/optim_math.h lib/rng.h
 
 lib_liblowbit_la_SOURCES = \
 	lib/error.c lib/log.c lib/registry.c lib/context.c lib/buffer.c lib/stream.c \
 	lib/event.c lib/validate.c lib/qtensor.c lib/api_quant.c lib/api_int8.c lib/api_gemm4.c lib/api_optim.c \
-	lib/codes.c lib/tune.c lib/cpu_backend.c lib/cpu_quant.c lib/cpu_int8.c
+	lib/codes.c lib/tune.c lib/cpu_backend.c lib/cpu_quant.c lib/cpu_int8.c lib/cpu_optim.c
 lib_liblowbit_la_CPPFLAGS = $(AM_CPPFLAGS) -DLOWBIT_MODULEDIR='"$(pkglibdir)"' -DLOWBIT_BUILDING
-lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
+lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) -fno-math-errno $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
 lib_liblowbit_la_LIBADD = $(PTHREAD_LIBS)
 lib_liblowbit_la_LDFLAGS = -version-info $(LOWBIT_LT_VERSION) -no-undefined $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
 if BUILD_CUDA
