@@ -256,7 +256,7 @@ static void info_print_text(const info_data_t *d)
         }
     }
     if (!any_env)
-        printf("  (no LOWBIT_* variables set)\n");
+        printf("  (no other LOWBIT_* variables set)\n");
 
     printf("\nTuning table in use (default context):\n");
     if (d->have_tune) {
