@@ -20,3 +20,10 @@ benchmarks_bench_optim_SOURCES = benchmarks/bench_optim.c
 benchmarks_bench_optim_CFLAGS = $(AM_CFLAGS) $(OPENMP_CFLAGS)
 benchmarks_bench_optim_LDFLAGS = $(OPENMP_CFLAGS)
 benchmarks_bench_optim_LDADD = lib/liblowbit.la -lm
+# bench-gemm4: 4-bit GEMV against a same-size memcpy on the same threads.
+noinst_PROGRAMS += benchmarks/bench-gemm4
+benchmarks_bench_gemm4_SOURCES = benchmarks/bench_gemm4.c tools/cli.c tools/cli.h
+benchmarks_bench_gemm4_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools
+benchmarks_bench_gemm4_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
+benchmarks_bench_gemm4_LDFLAGS = $(PTHREAD_CFLAGS)
+benchmarks_bench_gemm4_LDADD = lib/liblowbit.la $(PTHREAD_LIBS)

@@ -175,6 +175,7 @@ static const lb_backend_t lb_cpu = {
     .int8_gemm = lb_cpu_int8_gemm,
     .int8_dequant = lb_cpu_int8_dequant,
     .int8_matmul = lb_cpu_int8_matmul,
+    .gemm_4bit = lb_cpu_gemm_4bit,
     .optimizer_step = lb_cpu_optimizer_step,
 };
 

@@ -21,6 +21,7 @@ typedef struct lb_tune_key {
 static const lb_tune_key_t lb_tune_keys[] = {
     {"cpu.quantize.chunk_blocks", 1, 1 << 20},
     {"cpu.int8.simd", 0, 1},
+    {"cpu.gemm4.simd", 0, 1},
     {"cpu.int8.gemm_mc", 6, 1 << 16},
     {"cpu.int8.gemm_nc", 16, 1 << 16},
     {"cpu.int8.gemm_kc", 16, 1 << 17},
@@ -69,6 +70,7 @@ typedef struct lb_tune_value {
 
 static const lb_tune_value_t lb_tune_builtin[] = {
     {"cpu:", "cpu.quantize.chunk_blocks", 16},
+    {"cpu:", "cpu.gemm4.simd", 1},
 };
 
 enum { LB_TUNE_OVERRIDES = 64 };

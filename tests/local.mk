@@ -5,7 +5,7 @@
 LB_TEST_SOURCES = \
 	tests/main.c tests/suites.h tests/lbt.c tests/lbt.h tests/ref.c tests/ref.h tests/ref_tables.c \
 	tests/test_runtime.c tests/test_codes.c tests/test_quant.c tests/test_nested.c \
-	tests/test_stochastic.c tests/test_badinput.c tests/test_stats.c tests/test_int8.c tests/test_optim.c
+	tests/test_stochastic.c tests/test_badinput.c tests/test_stats.c tests/test_int8.c tests/test_gemm4.c tests/test_optim.c
 # -ffp-contract=off: the reference's float32 steps must round exactly as written (no FMA contraction)
 LB_TEST_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(PTHREAD_CFLAGS) $(OPENMP_CFLAGS) -ffp-contract=off
 LB_TEST_LDADD = lib/liblowbit.la $(CHECK_LIBS) $(PTHREAD_LIBS) $(OPENMP_CFLAGS) -lm

@@ -15,6 +15,7 @@ void lbt_register_stochastic(Suite *s); /* test_stochastic.c */
 void lbt_register_badinput(Suite *s);   /* test_badinput.c */
 void lbt_register_stats(Suite *s);      /* test_stats.c: spec 8.1 / 8.2 round-trip statistics */
 void lbt_register_int8(Suite *s);       /* test_int8.c: LLM.int8 quantize rows/cols, gemm, dequant, forward */
+void lbt_register_gemm4(Suite *s);      /* test_gemm4.c: 4-bit weight-only products */
 void lbt_register_optim(Suite *s);      /* test_optim.c: every optimizer, 32-bit and 8-bit states */
 
 #endif /* LBT_SUITES_H */
