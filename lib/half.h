@@ -68,7 +68,7 @@ LB_HALF_FN uint16_t lb_f32_to_f16(float f)
     uint32_t e = a >> 23;
     uint32_t m = (a & 0x007fffffu) | 0x00800000u;
     uint32_t s = 126u - e; /* only used when e <= 112, so s >= 14 */
-    s = s > 25u ? 25u : s;
+    s = s > 25u ? 25u : s < 1u ? 1u : s; /* keep the unused lanes' shifts defined (e = 126 gives 0) */
     uint32_t q = m >> s;
     uint32_t rem = m & ((1u << s) - 1u);
     uint32_t halfway = 1u << (s - 1u);
