@@ -377,24 +377,31 @@ LB_AVX2 static inline void lb_copy32_avx2(void *dst, const void *src, int stream
     lb_store32_avx2(dst, _mm256_loadu_si256((const __m256i *)src), stream);
 }
 
-/* 32 elements x[0..31] (float32 bytes) -> 16 packed bytes. */
+/* Codes c0 (elements 0..7) and c1 (8..15) -> in each 32-bit lane the byte (code 2k) << 4 | code 2k+1, for
+ * the pairs k in the order 0 1 4 5 | 2 3 6 7 (the lane order of packus). */
+LB_AVX2 static inline __m256i lb_pair_avx2(__m256i c0, __m256i c1)
+{
+    __m256i p = _mm256_packus_epi32(c0, c1); /* lane k: code 2k | code 2k+1 << 16 */
+    return _mm256_and_si256(_mm256_or_si256(_mm256_slli_epi32(p, 4), _mm256_srli_epi32(p, 16)),
+                            _mm256_set1_epi32(0xff));
+}
+
+/* 32 elements x[0..31] (float32 bytes) -> 16 packed bytes.  Four independent trees per call keep the
+ * permute/compare chains overlapped. */
 LB_AVX2 static inline void lb_q4_chunk_avx2(lowbit_qformat_t fmt, const unsigned char *x, float inv, uint8_t *out,
                                             int stream)
 {
     const __m256 vinv = _mm256_set1_ps(inv);
-    __m128i w[2];
-    for (int h = 0; h < 2; h++) {
-        __m256 a = _mm256_mul_ps(_mm256_loadu_ps((const float *)(const void *)(x + 64 * h)), vinv);
-        __m256 b = _mm256_mul_ps(_mm256_loadu_ps((const float *)(const void *)(x + 64 * h + 32)), vinv);
-        /* even / odd elements: lanes hold pairs 0 1 4 5 | 2 3 6 7 */
-        __m256 ev = _mm256_shuffle_ps(a, b, 0x88), od = _mm256_shuffle_ps(a, b, 0xdd);
-        __m256i ce = fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_avx2(ev) : lb_fp4_avx2(ev);
-        __m256i co = fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_avx2(od) : lb_fp4_avx2(od);
-        __m256i p = _mm256_or_si256(_mm256_slli_epi32(ce, 4), co);
-        p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7));
-        w[h] = _mm_packus_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    __m256i c[4];
+    for (int v = 0; v < 4; v++) {
+        __m256 y = _mm256_mul_ps(_mm256_loadu_ps((const float *)(const void *)(x + 32 * v)), vinv);
+        c[v] = fmt == LOWBIT_QFORMAT_NF4 ? lb_nf4_avx2(y) : lb_fp4_avx2(y);
     }
-    lb_store16_avx2(out, _mm_packus_epi16(w[0], w[1]), stream);
+    /* pairs 0 1 4 5 8 9 12 13 | 2 3 6 7 10 11 14 15 as 16-bit, then bytes, then in order */
+    __m256i w = _mm256_packus_epi32(lb_pair_avx2(c[0], c[1]), lb_pair_avx2(c[2], c[3]));
+    __m128i b = _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    b = _mm_shuffle_epi8(b, _mm_setr_epi8(0, 1, 8, 9, 2, 3, 10, 11, 4, 5, 12, 13, 6, 7, 14, 15));
+    lb_store16_avx2(out, b, stream);
 }
 
 /* 16 packed bytes -> 32 entries of the 16-entry table t_lo:t_hi (32-bit patterns: float32 values, or
@@ -506,21 +513,22 @@ LB_INLINE uint32_t lb_abs_bits(float v)
 }
 
 #if LB_HAVE_AVX2
-/* The same maximum over the whole chunks of x, on the bits like lb_abs_bits (integer operations: the result
- * cannot depend on the MXCSR denormal modes). */
-LB_AVX2 static inline __m256i lb_abs_bits_avx2(const unsigned char *p)
+/* The same maximum over the whole chunks of x, with integer operations on the bits (so the result cannot
+ * depend on the MXCSR denormal modes).  NaNs are masked only when one is found: their bits exceed inf's. */
+LB_AVX2 static inline uint32_t lb_absmax_avx2_pass(const unsigned char *x, int64_t len, int64_t *done, int nan_mask)
 {
-    __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)p), _mm256_set1_epi32(0x7fffffff));
-    return _mm256_andnot_si256(_mm256_cmpgt_epi32(a, _mm256_set1_epi32(0x7f800000)), a); /* NaN -> 0 */
-}
-
-LB_AVX2 static inline uint32_t lb_absmax_avx2(const unsigned char *x, int64_t len, int64_t *done)
-{
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000);
     __m256i m0 = _mm256_setzero_si256(), m1 = _mm256_setzero_si256();
     int64_t i = 0;
     for (; i + 16 <= len; i += 16) {
-        m0 = _mm256_max_epi32(m0, lb_abs_bits_avx2(x + 4 * i));
-        m1 = _mm256_max_epi32(m1, lb_abs_bits_avx2(x + 4 * i + 32));
+        __m256i a = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + 4 * i)), abs);
+        __m256i b = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(x + 4 * i + 32)), abs);
+        if (nan_mask) {
+            a = _mm256_andnot_si256(_mm256_cmpgt_epi32(a, inf), a);
+            b = _mm256_andnot_si256(_mm256_cmpgt_epi32(b, inf), b);
+        }
+        m0 = _mm256_max_epi32(m0, a);
+        m1 = _mm256_max_epi32(m1, b);
     }
     m0 = _mm256_max_epi32(m0, m1);
     __m128i m = _mm_max_epi32(_mm256_castsi256_si128(m0), _mm256_extracti128_si256(m0, 1));
@@ -528,6 +536,12 @@ LB_AVX2 static inline uint32_t lb_absmax_avx2(const unsigned char *x, int64_t le
     m = _mm_max_epi32(m, _mm_shuffle_epi32(m, 0xb1));
     *done = i;
     return (uint32_t)_mm_cvtsi128_si32(m);
+}
+
+LB_AVX2 static inline uint32_t lb_absmax_avx2(const unsigned char *x, int64_t len, int64_t *done)
+{
+    uint32_t r = lb_absmax_avx2_pass(x, len, done, 0);
+    return r > 0x7f800000u ? lb_absmax_avx2_pass(x, len, done, 1) : r;
 }
 #endif
 
@@ -567,10 +581,10 @@ LB_INLINE float lb_absmax(int avx2, const unsigned char *x, int64_t len)
     return lb_bits_f32(r);
 }
 
-/* How a block's codes are written and what to fetch meanwhile.  A block is read twice, for its absmax and
- * then for its codes; the first pass waits on memory and the second on arithmetic, so while coding a block
- * the loops prefetch the input of the next one (next: its first byte, NULL if none; esize: bytes per input
- * element), and the memory traffic overlaps the arithmetic. */
+/* How a block's codes are written and what to fetch meanwhile.  The input is read twice, for the absmax and
+ * then for the codes; the first pass waits on memory and the second on arithmetic, so while coding a block
+ * the loops prefetch the matching input of the next group of blocks (next: the byte matching this block's
+ * first, NULL if none; esize: bytes per input element), and memory traffic overlaps the arithmetic. */
 typedef struct lb_qio {
     int stream;                /* non-temporal stores (AVX2 instance, aligned output) */
     const unsigned char *next; /* input of the next block, or NULL */
@@ -685,7 +699,7 @@ static void lb_quantize_stochastic_block(const lb_qjob_t *job, const unsigned ch
         out[len / 2] |= (uint8_t)lb_q4_fast(job->format, 0.0f * inv);
 }
 
-/* Block x as float32 bytes: the input itself for F32, else converted into buf. */
+/* Elements [start, start + len) as float32 bytes: the input itself for F32, else converted into buf. */
 LB_INLINE const unsigned char *lb_block_f32(const lb_qjob_t *job, int64_t start, int64_t len, float *buf)
 {
     if (job->dtype == LOWBIT_F32)
@@ -714,28 +728,41 @@ LB_INLINE const unsigned char *lb_block_f32(const lb_qjob_t *job, int64_t start,
     return (const unsigned char *)buf;
 }
 
+/* Blocks go in groups of up to LB_MAX_BLOCK elements: first the absmax and reciprocal of every block of the
+ * group, then their codes, so that the latency of one block's reduction and division overlaps the others'
+ * (it dominates for small blocks). */
 LB_INLINE void lb_quantize_blocks(const lb_qjob_t *job, int64_t j0, int64_t j1, int avx2)
 {
-    float buf[LB_MAX_BLOCK];
+    float buf[LB_MAX_BLOCK], inv[LB_MAX_BLOCK / 32];
+    int64_t B = job->blocksize, group = LB_MAX_BLOCK / B;
     int four = job->format != LOWBIT_QFORMAT_8BIT;
     lb_qio_t io = {avx2 && job->stream, NULL, job->dtype == LOWBIT_F32 ? 4 : 2};
-    for (int64_t j = j0; j < j1; j++) {
-        int64_t start = j * job->blocksize;
-        int64_t len = job->n - start < job->blocksize ? job->n - start : job->blocksize;
-        /* whole next blocks only: a prefetch never faults, but stays inside the input anyway */
-        io.next = start + 2 * job->blocksize <= job->n ? job->in + (int64_t)io.esize * (start + job->blocksize) : NULL;
-        const unsigned char *x = lb_block_f32(job, start, len, buf);
-        float absmax = lb_absmax(avx2, x, len);
-        lb_stf(job->absmax, j, absmax);
-        /* an all-zero block gives inv = inf and y = 0 * inf = NaN, hence code 0 (spec 1.1) */
-        float inv = 1.0f / absmax;
-        uint8_t *out = job->data + (four ? start / 2 : start);
-        if (job->stochastic)
-            lb_quantize_stochastic_block(job, x, start, len, inv, out);
-        else if (four)
-            lb_quantize_4bit_block(job->format, avx2, &io, x, len, inv, out);
-        else
-            lb_quantize_8bit_block(&job->q8, &io, x, len, inv, out);
+    for (int64_t g = j0; g < j1; g += group) {
+        int64_t ge = g + group < j1 ? g + group : j1;
+        int64_t start = g * B, end = ge * B < job->n ? ge * B : job->n;
+        const unsigned char *x = lb_block_f32(job, start, end - start, buf);
+        for (int64_t j = g; j < ge; j++) {
+            int64_t len = end - j * B < B ? end - j * B : B;
+            float absmax = lb_absmax(avx2, x + 4 * (j - g) * B, len);
+            lb_stf(job->absmax, j, absmax);
+            /* an all-zero block gives inv = inf and y = 0 * inf = NaN, hence code 0 (spec 1.1) */
+            inv[j - g] = 1.0f / absmax;
+        }
+        /* prefetch the next group while coding this one, if it is whole (prefetches never fault, but stay
+         * inside the input anyway) */
+        int next = end + (end - start) <= job->n;
+        for (int64_t j = g; j < ge; j++) {
+            int64_t len = end - j * B < B ? end - j * B : B;
+            const unsigned char *xb = x + 4 * (j - g) * B;
+            uint8_t *out = job->data + (four ? j * B / 2 : j * B);
+            io.next = next ? job->in + (int64_t)io.esize * (end + (j - g) * B) : NULL;
+            if (job->stochastic)
+                lb_quantize_stochastic_block(job, xb, j * B, len, inv[j - g], out);
+            else if (four)
+                lb_quantize_4bit_block(job->format, avx2, &io, xb, len, inv[j - g], out);
+            else
+                lb_quantize_8bit_block(&job->q8, &io, xb, len, inv[j - g], out);
+        }
     }
 }
 

@@ -140,9 +140,13 @@ static int probe(const lb_host_t *host, char *reason, size_t reason_len)
 
     cl_uint nplat = 0;
     cl_int err = clGetPlatformIDs(0, NULL, &nplat);
-    if (err != CL_SUCCESS || nplat == 0) {
+    if (err != CL_SUCCESS) {
         snprintf(reason, reason_len, "no OpenCL platform: clGetPlatformIDs returned %d (%s)", (int)err,
-                 err == -1001 ? "no ICD" : err == CL_SUCCESS ? "no platform" : lb_ocl_errname(err));
+                 err == -1001 ? "no ICD" : lb_ocl_errname(err));
+        return 0;
+    }
+    if (nplat == 0) {
+        snprintf(reason, reason_len, "no OpenCL platform: clGetPlatformIDs found none");
         return 0;
     }
     cl_platform_id *plats = calloc(nplat, sizeof *plats);
@@ -356,6 +360,15 @@ static lowbit_status_t mem_fill(void *bctx, void *bstream, const lb_mem_t *dst, 
     return err == CL_SUCCESS ? LOWBIT_SUCCESS : lb_ocl_fail("clEnqueueFillBuffer", err);
 }
 
+static lowbit_status_t mem_copy(void *bctx, void *bstream, const lb_mem_t *dst, const lb_mem_t *src)
+{
+    if (src->bytes == 0)
+        return LOWBIT_SUCCESS;
+    cl_int err = clEnqueueCopyBuffer(lb_ocl_queue(bctx, bstream), (cl_mem)src->handle, (cl_mem)dst->handle,
+                                     src->offset, dst->offset, src->bytes, 0, NULL, NULL);
+    return err == CL_SUCCESS ? LOWBIT_SUCCESS : lb_ocl_fail("clEnqueueCopyBuffer", err);
+}
+
 /* ---- streams -------------------------------------------------------------------------------------- */
 
 /* A caller's queue must belong to our context and device and be in order (lowbit ops are sequences of
@@ -451,6 +464,7 @@ static const lb_backend_t backend = {
     .mem_download = mem_download,
     .mem_fill = mem_fill,
     .mem_prefetch = NULL,
+    .mem_copy = mem_copy,
     .stream_create = stream_create,
     .stream_sync = stream_sync,
     .stream_destroy = stream_destroy,

@@ -135,6 +135,17 @@ lowbit_status_t lb_ocl_program_build(lb_ocl_ctx_t *c, const char *source, const 
         clReleaseProgram(program);
         return err == CL_OUT_OF_HOST_MEMORY ? LOWBIT_ERR_OUT_OF_MEMORY : LOWBIT_ERR_DEVICE;
     }
+    if (lb_ocl_host->log) { /* warnings, if the compiler left any */
+        size_t len = 0;
+        char *log = NULL;
+        if (clGetProgramBuildInfo(program, c->dev->id, CL_PROGRAM_BUILD_LOG, 0, NULL, &len) == CL_SUCCESS &&
+            len > 2 && (log = malloc(len + 1)) != NULL &&
+            clGetProgramBuildInfo(program, c->dev->id, CL_PROGRAM_BUILD_LOG, len, log, NULL) == CL_SUCCESS) {
+            log[len] = '\0';
+            lb_ocl_host->log(LB_LOG_DEBUG, "opencl: build log for '%s':\n%s", options, log);
+        }
+        free(log);
+    }
     *program_p = program;
     return LOWBIT_SUCCESS;
 }
@@ -271,7 +282,7 @@ static lowbit_status_t table_create(lb_ocl_ctx_t *c, const float *values, size_t
         if (r > 0) {
             q8b = clCreateBuffer(c->context, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, nwords * sizeof *words,
                                  words, &err);
-            buckets = (uint32_t)(nwords - 5);
+            buckets = (uint32_t)(nwords - 6);
             free(words);
             if (!q8b) {
                 clReleaseMemObject(mem);

@@ -24,6 +24,11 @@
  */
 #pragma OPENCL FP_CONTRACT OFF
 
+#if defined(__clang__) && defined(__x86_64__)
+/* CPU devices (PoCL): 16-wide vectors between inlined helpers trigger x86 ABI notes, irrelevant here */
+#pragma clang diagnostic ignored "-Wpsabi"
+#endif
+
 #if LB_FP64
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
@@ -126,12 +131,8 @@ inline ushort lb_f32_to_bf16(float f)
 /* float32 -> binary16 bits with integer operations, exactly as lib/half.h: round to nearest even, overflow
  * to inf, subnormal results kept, NaN -> the canonical quiet NaN of its sign (0x7e00).  vstore_half_rte
  * leaves NaN payloads to the implementation and is emulated (slow) by some drivers. */
-inline ushort lb_f32_to_f16(float f)
+inline ushort lb_f32_to_f16_rare(uint sign, uint a)
 {
-    const uint u = as_uint(f);
-    const uint sign = (u >> 16) & 0x8000u;
-    const uint a = u & 0x7fffffffu;
-    const uint normal = (a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u) >> 13;
     const uint e = a >> 23;
     const uint m = (a & 0x007fffffu) | 0x00800000u;
     uint s = 126u - e; /* used only when e <= 112, so s >= 14; OpenCL masks larger shift counts */
@@ -140,8 +141,21 @@ inline ushort lb_f32_to_f16(float f)
     const uint rem = m & ((1u << s) - 1u);
     const uint halfway = 1u << (s - 1u);
     const uint sub = q + ((rem > halfway || (rem == halfway && (q & 1u))) ? 1u : 0u);
-    const uint mag = a > 0x7f800000u ? 0x7e00u : a >= 0x477ff000u ? 0x7c00u : a >= 0x38800000u ? normal : sub;
+    const uint mag = a > 0x7f800000u ? 0x7e00u : a >= 0x477ff000u ? 0x7c00u : sub;
     return (ushort)(sign | mag);
+}
+
+inline ushort lb_f32_to_f16(float f)
+{
+    const uint u = as_uint(f);
+    const uint sign = (u >> 16) & 0x8000u;
+    const uint a = u & 0x7fffffffu;
+    /* normal result (2^-14 <= |f| < 65520): round the mantissa at bit 13, ties to even, rebias */
+    if (a - 0x38800000u < 0x477ff000u - 0x38800000u)
+        return (ushort)(sign | ((a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
+    if (a == 0u) /* frequent (NF4 code 7 is 0.0): keep it off the slow path */
+        return (ushort)sign;
+    return lb_f32_to_f16_rare(sign, a); /* subnormal, overflow, inf, NaN */
 }
 
 /* ---- the mean of absmax: accumulator type ---------------------------------------------------------- */
@@ -344,17 +358,14 @@ inline uint lb_qfp4_sr(float y, float r)
 
 #if LB_Q8B
 /* 8-bit nearest code through the bucket table of ocl_q8.c (exactly the rule of lb_q8). */
-inline uint lb_key(float y)
-{
-    const uint u = as_uint(y), mag = u & 0x7fffffffu;
-    return (u >> 31) ? 0x80000000u - mag : 0x80000000u + mag;
-}
-
-inline uint lb_q8b(__local const uint *bucket, uint bmin, uint shift, float lo, float hi, float y)
+inline uint lb_q8b(__local const uint *bucket, uint bmin, uint shift, uint F, float lo, float hi, float y)
 {
     y = y > lo ? y : lo; /* NaN -> lo, whose code is 0 */
     y = y < hi ? y : hi;
-    const uint key = lb_key(y);
+    const uint u = as_uint(y);
+    uint mag = u & 0x7fffffffu;
+    mag = mag >= F ? mag - F + 1u : 0u; /* (-F, F) holds one code: collapsed onto the key of 0 */
+    const uint key = (u >> 31) ? 0x80000000u - mag : 0x80000000u + mag;
     const uint e = bucket[(key >> shift) - bmin];
     const uint off = key & ((1u << shift) - 1u);
     return (e + (off >= (e >> 16) ? e >> 8 : 0u)) & 0xffu;
@@ -483,10 +494,10 @@ lb_quantize(__global const LB_ELEM *in, ulong in_off, ulong n, __global uchar *o
 #endif
     __local float red[LB_WG];
 #if LB_Q8B
-    const uint q8_bmin = q8b[0], q8_shift = q8b[1];
+    const uint q8_bmin = q8b[0], q8_shift = q8b[1], q8_floor = q8b[5];
     const float q8_lo = as_float(q8b[2]), q8_hi = as_float(q8b[3]);
     for (uint k = lid; k < q8b[4]; k += LB_WG)
-        lbucket[k] = q8b[5 + k];
+        lbucket[k] = q8b[6 + k];
 #endif
 
 #if LB_NESTED
@@ -558,7 +569,7 @@ lb_quantize(__global const LB_ELEM *in, ulong in_off, ulong n, __global uchar *o
             for (uint k = 0; k < LB_V; k++) {
                 const float y = v[c * LB_V + k] * inv;
 #if LB_Q8B
-                qv[k] = (uchar)lb_q8b(lbucket, q8_bmin, q8_shift, q8_lo, q8_hi, y);
+                qv[k] = (uchar)lb_q8b(lbucket, q8_bmin, q8_shift, q8_floor, q8_lo, q8_hi, y);
 #else
                 qv[k] = (uchar)lb_index(lcode, y, seed, i + k);
 #endif
@@ -580,7 +591,7 @@ lb_quantize(__global const LB_ELEM *in, ulong in_off, ulong n, __global uchar *o
                 const float y0 = v[c * LB_V + 2 * k] * inv;
                 const float y1 = v[c * LB_V + 2 * k + 1] * inv;
                 const uint q0 = lb_index(lcode, y0, seed, i + 2 * k);
-                const uint q1 = i + 2 * k + 1 < n ? lb_index(lcode, y1, seed, i + 2 * k + 1) : LB_PAD(inv);
+                const uint q1 = lb_index(lcode, y1, seed, i + 2 * k + 1);
                 qv[k] = (uchar)((q0 << 4) | q1);
             }
             __global uchar *o = out + i / 2;
@@ -592,9 +603,9 @@ lb_quantize(__global const LB_ELEM *in, ulong in_off, ulong n, __global uchar *o
 #else
                 vstoreVH(vloadVH(0, qv), 0, o);
 #endif
-            } else {
+            } else { /* the tail of the last block: an odd n ends with the padding nibble */
                 for (uint k = 0; i + 2 * k < n; k++)
-                    o[k] = qv[k];
+                    o[k] = i + 2 * k + 1 < n ? qv[k] : (uchar)((qv[k] & 0xf0u) | LB_PAD(inv));
             }
 #endif
         }
