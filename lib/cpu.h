@@ -7,6 +7,22 @@
 
 #include "runtime.h"
 
+/* Inner kernels are inlined into each instance (baseline / AVX2) with constant format and ISA arguments. */
+#if defined(__GNUC__)
+#define LB_INLINE static inline __attribute__((always_inline))
+#else
+#define LB_INLINE static inline
+#endif
+
+/* A static-schedule parallel loop over independent chunks, run serially when `cond` is false (small work);
+ * static scheduling keeps every result independent of timing. */
+#ifdef _OPENMP
+#define LB_PRAGMA(x) _Pragma(#x)
+#define LB_OMP_FOR(cond) LB_PRAGMA(omp parallel for schedule(static) if (cond))
+#else
+#define LB_OMP_FOR(cond)
+#endif
+
 /* Blockwise quantization (cpu_quant.c). */
 LB_HIDDEN lowbit_status_t lb_cpu_quantize(const lb_launch_t *l, const lb_mem_t *in, const lb_qtensor_t *q,
                                           const lowbit_quantize_opts_t *opts);

@@ -96,19 +96,6 @@
 #include "half.h"
 #include "tune.h"
 
-#if defined(__GNUC__)
-#define LB_INLINE static inline __attribute__((always_inline))
-#else
-#define LB_INLINE static inline
-#endif
-
-#ifdef _OPENMP
-#define LB_PRAGMA(x) _Pragma(#x)
-#define LB_OMP_FOR(cond) LB_PRAGMA(omp parallel for schedule(static) if (cond))
-#else
-#define LB_OMP_FOR(cond)
-#endif
-
 #define LB_I8_INV_16129 6.200012e-05f         /* == fl32(1/16129), bit pattern 0x38820610 */
 #define LB_I8_INV_127 7.874015718698502e-3f   /* == fl32(1/127) */
 #define LB_I8_PAR_MIN ((int64_t)1 << 15)      /* elements below which an op runs on one thread */

@@ -117,13 +117,6 @@
 #define LB_OQ_HI 0x3f800000u  /* 1.0: larger magnitudes (and inf, NaN) share the bucket of 1.0 */
 #define LB_OQ_MAX_BUCKETS 32768
 
-#ifdef _OPENMP
-#define LB_PRAGMA(x) _Pragma(#x)
-#define LB_OMP_FOR(cond) LB_PRAGMA(omp parallel for schedule(static) if (cond))
-#else
-#define LB_OMP_FOR(cond)
-#endif
-
 /* The passes are compiled twice, for AVX2 and for the baseline ISA, and picked at load time (ifunc).  Both
  * perform the same IEEE operations; only the vector width differs. */
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8 && defined(__x86_64__) && defined(__linux__) && \

@@ -44,20 +44,6 @@
 #define LB_STREAM_MIN (1 << 24) /* outputs of at least 16 MiB bypass the caches (AVX2 path) */
 #endif
 
-/* Inner kernels are inlined into each instance (baseline / AVX2) with constant format and ISA arguments. */
-#if defined(__GNUC__)
-#define LB_INLINE static inline __attribute__((always_inline))
-#else
-#define LB_INLINE static inline
-#endif
-
-#ifdef _OPENMP
-#define LB_PRAGMA(x) _Pragma(#x)
-#define LB_OMP_FOR(cond) LB_PRAGMA(omp parallel for schedule(static) if (cond))
-#else
-#define LB_OMP_FOR(cond)
-#endif
-
 /* On x86-64 the block loops are compiled twice, for AVX2 and for the baseline ISA, and picked per call from
  * the CPU; the AVX2 instance also uses the intrinsic 4-bit kernels below.  Both perform the same IEEE
  * operations on the same values, only the vector width and the way table entries are fetched differ (the
