@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped whenever this header changes incompatibly; a module built against another version is refused. */
-#define LB_BACKEND_API_VERSION 1u
+#define LB_BACKEND_API_VERSION 2u
 #define LB_MODULE_SYMBOL "lowbit_backend_module"
 
 /* A buffer as a backend sees it: the native handle of the root allocation plus a byte range in it. */
@@ -50,6 +50,9 @@ typedef struct lb_host {
     int64_t (*tune_get)(const lowbit_context_t *ctx, const char *key, int64_t dflt);
     /* Built-in code tables (lowbit_code_table). */
     const float *(*code)(lowbit_code_t code);
+    /* bitsandbytes' 8-bit rounding rule (spec 1.5) on the host: the reference a module checks its own
+     * lookup structures against, so no module keeps a copy of it. */
+    int (*quantize_8bit_value)(const float *code, float y);
 } lb_host_t;
 
 /* What every op receives about where to run. */

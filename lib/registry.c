@@ -58,6 +58,7 @@ static const lb_host_t lb_host = {
     .log = lb_host_log,
     .tune_get = lb_tune_lookup,
     .code = lb_code,
+    .quantize_8bit_value = lb_quantize_8bit_value,
 };
 
 const lb_host_t *lb_host_services(void)

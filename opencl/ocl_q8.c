@@ -54,35 +54,9 @@ static float float_of(uint32_t key)
     return key >= 0x80000000u ? u2f(key - 0x80000000u) : u2f(0x80000000u | (0x80000000u - key));
 }
 
-/* Spec 1.5, literally (the module cannot call the core's copy). */
-static int rule(const float *code, float y)
-{
-    int pivot = 127, lo_i = 0, hi_i = 255;
-    float lo = -1.0f, hi = 1.0f, v = code[127];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (y > v) {
-            lo_i = pivot;
-            lo = v;
-            pivot += step;
-        } else {
-            hi_i = pivot;
-            hi = v;
-            pivot -= step;
-        }
-        v = code[pivot];
-    }
-    if (hi_i == 255)
-        hi = code[255];
-    if (lo_i == 0)
-        lo = code[0];
-    if (y > v)
-        return (y > (hi + v) * 0.5f) ? hi_i : pivot;
-    return (y < (lo + v) * 0.5f) ? lo_i : pivot;
-}
-
 static int rule_key(const float *code, uint32_t key)
 {
-    return rule(code, float_of(key));
+    return lb_ocl_host->quantize_8bit_value(code, float_of(key));
 }
 
 /* The smallest key > below with code >= k (code(below) < k), or KEY_NEVER. */
@@ -209,7 +183,7 @@ int lb_ocl_q8_buckets(const float *code, size_t max_buckets, uint32_t **words_p,
 
     /* Self-check against the rule: at every threshold and its predecessor, at the ends, and on a spread of
      * keys (cheap; a wrong table would silently change results). */
-    int ok = bucket_code(w, u2f(0x7fc00000u)) == rule(code, u2f(0x7fc00000u));
+    int ok = bucket_code(w, u2f(0x7fc00000u)) == lb_ocl_host->quantize_8bit_value(code, u2f(0x7fc00000u));
     for (int k = 1; k <= count && ok; k++)
         ok = bucket_code(w, float_of(T[k])) == rule_key(code, T[k]) &&
              bucket_code(w, float_of(T[k] - 1u)) == rule_key(code, T[k] - 1u);
