@@ -133,8 +133,16 @@ static void oref_free(oref_t *r)
     free(r->s3);
 }
 
-/* One step of the reference: g are the gradient values (exact float32 values of the dtype). */
-static void oref_step(oref_t *r, const lowbit_optimizer_config_t *c, int64_t t, const float *g)
+/* A float32 rounding error of a quantity of magnitude m, with a random sign (jit NULL: none). */
+static double f32_jitter(lbt_rng_t *jit, double m)
+{
+    return jit ? (lbt_rng_u64(jit) & 1 ? 0x1p-24 : -0x1p-24) * m : 0.0;
+}
+
+/* One step of the reference: g are the gradient values (exact float32 values of the dtype).  With jit, the
+ * coupled-decay sum g + wd p and the new parameter each get one float32-sized error: a second reference run
+ * that way shows which elements' trajectories amplify float32 rounding beyond the tolerance (see optim32). */
+static void oref_step(oref_t *r, const lowbit_optimizer_config_t *c, int64_t t, const float *g, lbt_rng_t *jit)
 {
     const lowbit_optimizer_t k = c->kind;
     const double b1 = c->beta1, b2 = c->beta2, lr = c->lr, wd = c->weight_decay, eps = c->eps;
@@ -172,8 +180,10 @@ static void oref_step(oref_t *r, const lowbit_optimizer_config_t *c, int64_t t, 
             continue;
         act[i] = 1;
         double gg = (double)g[i] * c->gnorm_scale;
-        if (coupled)
-            gg += wd * p;
+        if (coupled) {
+            double terms = fabs(gg) + fabs(wd * p);
+            gg += wd * p + f32_jitter(jit, terms);
+        }
         switch (k) {
         case LOWBIT_OPT_ADAM:
         case LOWBIT_OPT_ADAMW:
@@ -228,7 +238,7 @@ static void oref_step(oref_t *r, const lowbit_optimizer_config_t *c, int64_t t, 
         p -= s * lr * d[i];
         if (k == LOWBIT_OPT_ADAM || k == LOWBIT_OPT_ADAMW || k == LOWBIT_OPT_LAMB || k == LOWBIT_OPT_ADEMAMIX)
             p *= 1.0 - lr * wd;
-        r->p[i] = p;
+        r->p[i] = p + f32_jitter(jit, fabs(p));
     }
     free(d);
     free(n1);
@@ -358,15 +368,41 @@ static double atol_of(lowbit_dtype_t dt)
     return dt == LOWBIT_F32 ? 1e-6 : dt == LOWBIT_F16 ? 1e-4 : 1e-3;
 }
 
-/* States: |got - ref| <= 1e-5 |ref| + 1e-6 max|ref|. */
-static void check_states32(const char *what, const double *got, const double *ref, int64_t n)
+static double max_abs(const double *v, int64_t n)
 {
     double mx = 0.0;
     for (int64_t i = 0; i < n; i++)
-        mx = fmax(mx, fabs(ref[i]));
+        mx = fmax(mx, fabs(v[i]));
+    return mx;
+}
+
+/* Marks (sticky) the elements where the jittered reference left the exact one by over a quarter of the
+ * tight tolerance: float32 cannot be expected to track float64 there.  Typical cause: g + wd p cancelling
+ * to a tiny value that RMSprop's or Adagrad's first step then divides by. */
+static void mark_ill(unsigned char *ill, const double *jit, const double *ref, int64_t n)
+{
+    double mx = max_abs(ref, n);
     for (int64_t i = 0; i < n; i++)
-        LBT_ASSERT(fabs(got[i] - ref[i]) <= 1e-5 * fabs(ref[i]) + 1e-6 * mx,
-                   "%s[%lld] = %.9g, reference %.9g (max |ref| %.3g)", what, (long long)i, got[i], ref[i], mx);
+        if (fabs(jit[i] - ref[i]) > 0.25 * (1e-5 * fabs(ref[i]) + 1e-6 * mx))
+            ill[i] = 1;
+}
+
+/* States: |got - ref| <= 1e-5 |ref| + 1e-6 max|ref|; on ill-conditioned elements (mark_ill; at most 5%)
+ * 1e-2 |ref| + 1e-4 max|ref|. */
+static void check_states32(const char *what, const double *got, const double *ref, const unsigned char *ill,
+                           int64_t n)
+{
+    double mx = max_abs(ref, n);
+    int64_t nill = 0;
+    for (int64_t i = 0; i < n; i++)
+        nill += ill[i];
+    LBT_ASSERT(nill <= n / 20, "%s: %lld of %lld elements ill-conditioned; the inputs defeat the test", what,
+               (long long)nill, (long long)n);
+    for (int64_t i = 0; i < n; i++) {
+        double tol = ill[i] ? 1e-2 * fabs(ref[i]) + 1e-4 * mx : 1e-5 * fabs(ref[i]) + 1e-6 * mx;
+        LBT_ASSERT(fabs(got[i] - ref[i]) <= tol, "%s[%lld] = %.9g, reference %.9g (max |ref| %.3g%s)", what,
+                   (long long)i, got[i], ref[i], mx, ill[i] ? ", ill-conditioned" : "");
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------------ */
@@ -394,19 +430,28 @@ START_TEST(optim32)
     orun_t r;
     orun_init(&r, &cfg, dt, n, p0);
     ck_assert_int_eq(r.L.state_bits, 32);
-    oref_t ref;
+    oref_t ref, rj; /* exact and jittered float64 references */
     oref_init(&ref, n);
+    oref_init(&rj, n);
+    unsigned char *ill = calloc((size_t)n, 1);
+    ck_assert(ill != NULL);
+    lbt_rng_t jr; /* the jitter's own stream: the inputs stay those of the seed */
+    lbt_rng_init(&jr, "optim32-jitter", (uint64_t)_i);
     for (int64_t i = 0; i < n; i++)
-        ref.p[i] = p0[i];
+        ref.p[i] = rj.p[i] = p0[i];
     for (int t = 1; t <= steps; t++) {
         randn_vals(&rng, dt, n, 0.01, g);
         if (dt != LOWBIT_F32) { /* spec 8.4: 16-bit parameters re-synced each step */
             orun_params(&r, pl);
             for (int64_t i = 0; i < n; i++)
-                ref.p[i] = pl[i];
+                ref.p[i] = rj.p[i] = pl[i];
         }
         orun_step(&r, g, t);
-        oref_step(&ref, &cfg, t, g);
+        oref_step(&ref, &cfg, t, g, NULL);
+        oref_step(&rj, &cfg, t, g, &jr);
+        mark_ill(ill, rj.s1, ref.s1, n);
+        mark_ill(ill, rj.s2, ref.s2, n);
+        mark_ill(ill, rj.s3, ref.s3, n);
         orun_params(&r, pl);
         int bad = 0;
         int64_t first = -1;
@@ -420,13 +465,15 @@ START_TEST(optim32)
         free(st);
         st = lbt_fetch(r.ctx, r.st);
         ostate_decode(&r, st, s1, s2, s3);
-        check_states32("state1", s1, ref.s1, n);
+        check_states32("state1", s1, ref.s1, ill, n);
         if (two_state(cfg.kind))
-            check_states32("state2", s2, ref.s2, n);
+            check_states32("state2", s2, ref.s2, ill, n);
         if (cfg.kind == LOWBIT_OPT_ADEMAMIX)
-            check_states32("m2", s3, ref.s3, n);
+            check_states32("m2", s3, ref.s3, ill, n);
     }
     free(st);
+    free(ill);
+    oref_free(&rj);
     oref_free(&ref);
     orun_free(&r);
     free(p0);
@@ -500,7 +547,7 @@ START_TEST(optim8)
         for (int64_t i = 0; i < n; i++)
             ref.p[i] = p_before[i] = pl[i];
         orun_step(&r, g, t);
-        oref_step(&ref, &cfg, t, g);
+        oref_step(&ref, &cfg, t, g, NULL);
         orun_params(&r, pl);
         st = lbt_fetch(r.ctx, r.st);
         ostate_decode(&r, st, s1, s2, s3);
@@ -1042,7 +1089,7 @@ START_TEST(ademamix_tail)
         ref.p[i] = p0[i];
     randn_vals(&rng, LOWBIT_F32, n, 0.01, g);
     orun_step(&r, g, 1);
-    oref_step(&ref, &cfg, 1, g);
+    oref_step(&ref, &cfg, 1, g, NULL);
     uint8_t *st = lbt_fetch(r.ctx, r.st);
     ostate_decode(&r, st, s1, s2, s3);
     check_states8("m1", s1, ref.s1, n, st + r.L.state1_offset, ref_dynamic_signed, st, r.L.absmax1_offset);
