@@ -8,8 +8,9 @@ lib_liblowbit_la_SOURCES = \
 	lib/event.c lib/validate.c lib/qtensor.c lib/api_quant.c lib/api_int8.c lib/api_gemm4.c lib/api_optim.c \
 	lib/codes.c lib/tune.c lib/cpu_backend.c lib/cpu_quant.c lib/cpu_int8.c lib/cpu_gemm4.c lib/cpu_optim.c
 lib_liblowbit_la_CPPFLAGS = $(AM_CPPFLAGS) -DLOWBIT_MODULEDIR='"$(pkglibdir)"' -DLOWBIT_BUILDING
-lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) -fno-math-errno $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
-lib_liblowbit_la_LIBADD = $(PTHREAD_LIBS)
+lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) -fno-math-errno $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS) \
+	$(JANSSON_CFLAGS)
+lib_liblowbit_la_LIBADD = $(PTHREAD_LIBS) $(JANSSON_LIBS)
 lib_liblowbit_la_LDFLAGS = -version-info $(LOWBIT_LT_VERSION) -no-undefined $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS)
 if BUILD_CUDA
 lib_liblowbit_la_CPPFLAGS += -DLOWBIT_BUILT_CUDA=1
