@@ -752,28 +752,6 @@ static double lb_osum(const double *part, int64_t nb, int stride, int which)
     return s;
 }
 
-static int lb_okernel(lowbit_optimizer_t kind)
-{
-    switch (kind) {
-    case LOWBIT_OPT_ADAM:
-    case LOWBIT_OPT_ADAMW:
-    case LOWBIT_OPT_LAMB:
-        return LB_OM_ADAM;
-    case LOWBIT_OPT_ADEMAMIX:
-        return LB_OM_ADEMAMIX;
-    case LOWBIT_OPT_SGD:
-    case LOWBIT_OPT_LARS:
-        return LB_OM_MOMENTUM;
-    case LOWBIT_OPT_RMSPROP:
-        return LB_OM_RMSPROP;
-    case LOWBIT_OPT_ADAGRAD:
-        return LB_OM_ADAGRAD;
-    case LOWBIT_OPT_LION:
-    default:
-        return LB_OM_LION;
-    }
-}
-
 /* Percentile clipping (header): updates the history in the state buffer, returns the clipping factor. */
 static float lb_opercentile(const lb_ojob_t *job, unsigned char *hist_bytes, float percentile, int64_t step)
 {
@@ -811,7 +789,7 @@ lowbit_status_t lb_cpu_optimizer_step(const lb_launch_t *l, const lb_optim_args_
     unsigned char *state = LB_PTR(&a->state);
     lb_ojob_t job;
     memset(&job, 0, sizeof job);
-    job.kernel = lb_okernel(cfg->kind);
+    job.kernel = lb_om_kernel_of(cfg->kind);
     job.two_state = job.kernel == LB_OM_ADAM || job.kernel == LB_OM_ADEMAMIX;
     job.three = job.kernel == LB_OM_ADEMAMIX;
     job.bits8 = L->state_bits == 8;

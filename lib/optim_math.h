@@ -40,6 +40,29 @@
 /* The six update kernels (lowbit_optimizer_t maps ADAM, ADAMW, LAMB -> ADAM and SGD, LARS -> MOMENTUM). */
 enum { LB_OM_ADAM = 0, LB_OM_ADEMAMIX = 1, LB_OM_MOMENTUM = 2, LB_OM_RMSPROP = 3, LB_OM_ADAGRAD = 4, LB_OM_LION = 5 };
 
+/* The update kernel of an optimizer kind (the includer has included lowbit.h). */
+LB_OM_HOST int lb_om_kernel_of(lowbit_optimizer_t kind)
+{
+    switch (kind) {
+    case LOWBIT_OPT_ADAM:
+    case LOWBIT_OPT_ADAMW:
+    case LOWBIT_OPT_LAMB:
+        return LB_OM_ADAM;
+    case LOWBIT_OPT_ADEMAMIX:
+        return LB_OM_ADEMAMIX;
+    case LOWBIT_OPT_SGD:
+    case LOWBIT_OPT_LARS:
+        return LB_OM_MOMENTUM;
+    case LOWBIT_OPT_RMSPROP:
+        return LB_OM_RMSPROP;
+    case LOWBIT_OPT_ADAGRAD:
+        return LB_OM_ADAGRAD;
+    case LOWBIT_OPT_LION:
+    default:
+        return LB_OM_LION;
+    }
+}
+
 /* Per-step constants, all float32 as the kernels use them.  lb_om_init fills them; each is computed in double
  * from the float32 configuration values and rounded once to float32. */
 typedef struct lb_om {

@@ -5,7 +5,7 @@
 # opencl/kernels_cl.c, generated in the build tree (VPATH builds and distcheck's read-only srcdir work)
 # and not distributed; the .cl files and the script are.
 
-OPENCL_CL_FILES = opencl/quantize.cl
+OPENCL_CL_FILES = opencl/quantize.cl opencl/common.cl opencl/optim.cl opencl/gemm4.cl opencl/int8.cl
 
 if BUILD_OPENCL
 pkglib_LTLIBRARIES += opencl/lowbit-opencl.la
@@ -13,7 +13,8 @@ BUILT_SOURCES += opencl/kernels_cl.c
 endif
 
 opencl_lowbit_opencl_la_SOURCES = opencl/ocl.h opencl/ocl_backend.c opencl/ocl_program.c opencl/ocl_quant.c \
-	opencl/ocl_q8.c
+	opencl/ocl_q8.c opencl/ocl_optim.c opencl/ocl_gemm4.c \
+	opencl/ocl_int8.c opencl/ocl_event.c
 nodist_opencl_lowbit_opencl_la_SOURCES = opencl/kernels_cl.c
 opencl_lowbit_opencl_la_CPPFLAGS = $(AM_CPPFLAGS) $(OPENCL_CFLAGS) $(CLBLAST_CFLAGS) \
 	-DCL_TARGET_OPENCL_VERSION=120

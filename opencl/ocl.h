@@ -5,7 +5,15 @@
  *   ocl_program.c  error reporting, the per-context program/kernel cache and code-table cache
  *   ocl_quant.c    blockwise quantize / dequantize launches
  *   ocl_q8.c       the exact bucket table for 8-bit round-to-nearest
- *   quantize.cl    the kernels, embedded at build time by build-aux/cl2c.sh (kernels_cl.c)
+ *   ocl_optim.c    optimizer steps
+ *   ocl_gemm4.c    4-bit weight-only products (GEMV, GEMM, input gradient)
+ *   ocl_int8.c     LLM.int8(): row/column quantization, int8 GEMM, dequantization, the fused forward
+ *   ocl_event.c    timing events (queue markers with profiling)
+ *   quantize.cl    the quantization kernels, embedded at build time by build-aux/cl2c.sh (kernels_cl.c)
+ *   common.cl      helpers (conversions, exact division, accumulators) prepended to the later programs
+ *   optim.cl       the optimizer kernels
+ *   gemm4.cl       the 4-bit product kernel
+ *   int8.cl        the LLM.int8() kernels
  *
  * Tuning keys (host->tune_get; the default is used when the table has no entry or an invalid value):
  *   opencl.quantize.threads          work-group size of the quantize kernel (power of two)
@@ -15,6 +23,14 @@
  *   opencl.quantize.sum_threads      work-group size of the absmax partial sums (nested quantization)
  *   opencl.quantize.sum_groups       number of partial sums (nested quantization)
  *   opencl.quantize.max_groups       most work-groups per launch (larger problems loop inside the kernel)
+ *   opencl.optim.threads             work-group size of the optimizer kernels (power of two, 32 ... 256)
+ *   opencl.optim.max_groups          most work-groups per optimizer launch (each owns 256-element blocks)
+ *   opencl.gemm4.gemv_cols           outputs per work-group of the M = 1 product (power of two)
+ *   opencl.gemm4.rows, .cols         output tile of a work-group for M > 1 and the input gradient
+ *   opencl.gemm4.kc                  reduction elements staged in local memory per step (power of two >= 8)
+ *   opencl.int8.threads              work-group size of the int8 quantization / dequantization kernels
+ *   opencl.int8.gemm_rows, _cols     output tile of the int8 GEMM work-group (powers of two <= 64)
+ *   opencl.int8.gemm_kc              int8 columns staged per step of the GEMM (multiple of 4)
  */
 #ifndef LOWBIT_OCL_H
 #define LOWBIT_OCL_H
@@ -29,6 +45,10 @@
 
 /* The kernel sources, NUL-terminated (generated kernels_cl.c). */
 extern const unsigned char lb_ocl_src_quantize[];
+extern const unsigned char lb_ocl_src_common[];
+extern const unsigned char lb_ocl_src_optim[];
+extern const unsigned char lb_ocl_src_gemm4[];
+extern const unsigned char lb_ocl_src_int8[];
 #define LB_OCL_SRC(name) ((const char *)lb_ocl_src_##name)
 
 typedef struct lb_ocl_device {
@@ -118,6 +138,8 @@ lowbit_status_t lb_ocl_program_build(lb_ocl_ctx_t *c, const char *source, const 
 lowbit_status_t lb_ocl_kernel_get(lb_ocl_ctx_t *c, const char *source, const char *name, const char *options,
                                   lb_ocl_kernel_t **kernel_p);
 void lb_ocl_kernels_release(lb_ocl_ctx_t *c);
+/* common.cl followed by `source`, built once per process (NULL when out of memory). */
+const char *lb_ocl_source_with_common(const char *source);
 
 typedef struct lb_ocl_arg {
     size_t size;
@@ -148,5 +170,28 @@ lowbit_status_t lb_ocl_quantize(const lb_launch_t *l, const lb_mem_t *in, const 
                                 const lowbit_quantize_opts_t *opts);
 lowbit_status_t lb_ocl_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowbit_dtype_t out_dtype,
                                   const lb_mem_t *out);
+
+/* ---- ocl_optim.c ---- */
+
+lowbit_status_t lb_ocl_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *a);
+
+/* ---- ocl_gemm4.c ---- */
+
+lowbit_status_t lb_ocl_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a);
+
+/* ---- ocl_event.c ---- */
+
+lowbit_status_t lb_ocl_event_create(void *bctx, void **event_p);
+lowbit_status_t lb_ocl_event_record(void *bctx, void *bstream, void *event);
+lowbit_status_t lb_ocl_event_elapsed(void *bctx, void *start, void *end, float *ms_p);
+void lb_ocl_event_destroy(void *bctx, void *event);
+
+/* ---- ocl_int8.c ---- */
+
+lowbit_status_t lb_ocl_int8_quantize_rows(const lb_launch_t *l, const lb_int8_quant_args_t *a);
+lowbit_status_t lb_ocl_int8_quantize_cols(const lb_launch_t *l, const lb_int8_quant_args_t *a);
+lowbit_status_t lb_ocl_int8_gemm(const lb_launch_t *l, const lb_int8_gemm_args_t *a);
+lowbit_status_t lb_ocl_int8_dequant(const lb_launch_t *l, const lb_int8_dequant_args_t *a);
+lowbit_status_t lb_ocl_int8_matmul(const lb_launch_t *l, const lb_int8_matmul_args_t *a);
 
 #endif /* LOWBIT_OCL_H */

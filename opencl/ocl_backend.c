@@ -265,7 +265,8 @@ static lowbit_status_t context_create(int device, void **bctx_p)
         st = lb_ocl_fail("clCreateContext", err);
         goto free_c;
     }
-    c->queue = clCreateCommandQueue(c->context, d->id, 0, &err);
+    /* profiling: timing events are queue markers (ocl_event.c) */
+    c->queue = clCreateCommandQueue(c->context, d->id, CL_QUEUE_PROFILING_ENABLE, &err);
     if (!c->queue) {
         st = lb_ocl_fail("clCreateCommandQueue", err);
         goto release_context;
@@ -417,7 +418,7 @@ static lowbit_status_t stream_create(void *bctx, void *native, void **bstream_p)
         s->wrapped = 1;
     } else {
         cl_int err;
-        s->queue = clCreateCommandQueue(c->context, c->dev->id, 0, &err);
+        s->queue = clCreateCommandQueue(c->context, c->dev->id, CL_QUEUE_PROFILING_ENABLE, &err);
         if (!s->queue) {
             st = lb_ocl_fail("clCreateCommandQueue", err);
             goto free_s;
@@ -468,8 +469,19 @@ static const lb_backend_t backend = {
     .stream_create = stream_create,
     .stream_sync = stream_sync,
     .stream_destroy = stream_destroy,
+    .event_create = lb_ocl_event_create,
+    .event_record = lb_ocl_event_record,
+    .event_elapsed = lb_ocl_event_elapsed,
+    .event_destroy = lb_ocl_event_destroy,
     .quantize = lb_ocl_quantize,
     .dequantize = lb_ocl_dequantize,
+    .int8_quantize_rows = lb_ocl_int8_quantize_rows,
+    .int8_quantize_cols = lb_ocl_int8_quantize_cols,
+    .int8_gemm = lb_ocl_int8_gemm,
+    .int8_dequant = lb_ocl_int8_dequant,
+    .int8_matmul = lb_ocl_int8_matmul,
+    .gemm_4bit = lb_ocl_gemm_4bit,
+    .optimizer_step = lb_ocl_optimizer_step,
 };
 
 __attribute__((visibility("default"))) const lb_backend_t *lowbit_backend_module(void);

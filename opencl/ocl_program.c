@@ -213,6 +213,40 @@ lowbit_status_t lb_ocl_kernel_get(lb_ocl_ctx_t *c, const char *source, const cha
     return st;
 }
 
+/* Joined sources live for the process: kernels are cached per context, sources are few and small. */
+#define LB_OCL_JOINED 8
+static pthread_mutex_t joined_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const char *source;
+    char *joined;
+} joined[LB_OCL_JOINED];
+
+const char *lb_ocl_source_with_common(const char *source)
+{
+    const char *r = NULL;
+    pthread_mutex_lock(&joined_lock);
+    for (int i = 0; i < LB_OCL_JOINED && !r; i++) {
+        if (joined[i].source == source) {
+            r = joined[i].joined;
+        } else if (!joined[i].source) {
+            const char *common = LB_OCL_SRC(common);
+            size_t a = strlen(common), b = strlen(source);
+            char *j = malloc(a + b + 2);
+            if (j) {
+                memcpy(j, common, a);
+                j[a] = '\n';
+                memcpy(j + a + 1, source, b + 1);
+                joined[i].source = source;
+                joined[i].joined = j;
+            }
+            r = j;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&joined_lock);
+    return r;
+}
+
 void lb_ocl_kernels_release(lb_ocl_ctx_t *c)
 {
     lb_ocl_kernel_t *k = c->kernels, *next;
