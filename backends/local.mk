@@ -6,18 +6,22 @@
 # the modules are then ordinary libtool modules linked from those objects with the C++ linker (the objects
 # need libstdc++) and the GPU runtime.  Only lowbit_backend_module is exported.
 
-lowbit_gpu_srcs = backends/gpu/quant.cu backends/gpu/module.cu
+lowbit_gpu_srcs = backends/gpu/quant.cu backends/gpu/optim.cu backends/gpu/gemm4.cu backends/gpu/int8.cu \
+	backends/gpu/module.cu
 lowbit_gpu_hdrs = backends/gpu/compat.h backends/gpu/gpu.h
 lowbit_gpu_map = backends/gpu/module.map
-# lib/rng.h (the stochastic-rounding stream, shared with the CPU backend) is listed too because the kernels
-# include it; automake drops duplicate distribution entries.
-EXTRA_DIST += $(lowbit_gpu_srcs) $(lowbit_gpu_hdrs) $(lowbit_gpu_map) backends/README.md lib/rng.h
+# lib/rng.h (the stochastic-rounding stream) and lib/optim_math.h (the optimizers' equations), shared with
+# the CPU backend, are listed too because the kernels include them; automake drops duplicate distribution
+# entries.
+EXTRA_DIST += $(lowbit_gpu_srcs) $(lowbit_gpu_hdrs) $(lowbit_gpu_map) backends/README.md lib/rng.h \
+	lib/optim_math.h
 
 # Every object depends on every header: few files, and no compiler-generated dependency tracking.
 lowbit_gpu_deps = \
 	$(top_srcdir)/build-aux/nvcc-lt.sh \
 	$(top_srcdir)/backends/gpu/compat.h $(top_srcdir)/backends/gpu/gpu.h \
-	$(top_srcdir)/lib/backend.h $(top_srcdir)/lib/lowbit.h $(top_srcdir)/lib/rng.h
+	$(top_srcdir)/lib/backend.h $(top_srcdir)/lib/lowbit.h $(top_srcdir)/lib/rng.h \
+	$(top_srcdir)/lib/optim_math.h
 
 lowbit_gpu_cppflags = -I$(top_srcdir)/lib -I$(top_srcdir)/backends/gpu
 lowbit_gpu_lt = $(SHELL) $(top_srcdir)/build-aux/nvcc-lt.sh
@@ -49,7 +53,8 @@ lowbit_v_hipcc_1 =
 if BUILD_CUDA
 pkglib_LTLIBRARIES += backends/cuda/lowbit-cuda.la
 endif
-lowbit_cuda_objs = backends/cuda/quant.lo backends/cuda/module.lo
+lowbit_cuda_objs = backends/cuda/quant.lo backends/cuda/optim.lo backends/cuda/gemm4.lo backends/cuda/int8.lo \
+	backends/cuda/module.lo
 backends_cuda_lowbit_cuda_la_SOURCES =
 # Never compiled: it only makes automake link with the C++ compiler (libstdc++ for the nvcc objects).
 nodist_EXTRA_backends_cuda_lowbit_cuda_la_SOURCES = backends/cuda/link-cxx.cxx
@@ -59,6 +64,12 @@ backends_cuda_lowbit_cuda_la_LDFLAGS = $(lowbit_gpu_ldflags) $(CUDA_LDFLAGS)
 
 backends/cuda/quant.lo: $(top_srcdir)/backends/gpu/quant.cu $(lowbit_gpu_deps)
 	$(lowbit_v_nvcc)$(lowbit_gpu_lt) $@ $(NVCC) $(lowbit_nvcc_flags) $(top_srcdir)/backends/gpu/quant.cu
+backends/cuda/optim.lo: $(top_srcdir)/backends/gpu/optim.cu $(lowbit_gpu_deps)
+	$(lowbit_v_nvcc)$(lowbit_gpu_lt) $@ $(NVCC) $(lowbit_nvcc_flags) $(top_srcdir)/backends/gpu/optim.cu
+backends/cuda/gemm4.lo: $(top_srcdir)/backends/gpu/gemm4.cu $(lowbit_gpu_deps)
+	$(lowbit_v_nvcc)$(lowbit_gpu_lt) $@ $(NVCC) $(lowbit_nvcc_flags) $(top_srcdir)/backends/gpu/gemm4.cu
+backends/cuda/int8.lo: $(top_srcdir)/backends/gpu/int8.cu $(lowbit_gpu_deps)
+	$(lowbit_v_nvcc)$(lowbit_gpu_lt) $@ $(NVCC) $(lowbit_nvcc_flags) $(top_srcdir)/backends/gpu/int8.cu
 backends/cuda/module.lo: $(top_srcdir)/backends/gpu/module.cu $(lowbit_gpu_deps)
 	$(lowbit_v_nvcc)$(lowbit_gpu_lt) $@ $(NVCC) $(lowbit_nvcc_flags) $(top_srcdir)/backends/gpu/module.cu
 
@@ -67,7 +78,8 @@ backends/cuda/module.lo: $(top_srcdir)/backends/gpu/module.cu $(lowbit_gpu_deps)
 if BUILD_HIP
 pkglib_LTLIBRARIES += backends/hip/lowbit-hip.la
 endif
-lowbit_hip_objs = backends/hip/quant.lo backends/hip/module.lo
+lowbit_hip_objs = backends/hip/quant.lo backends/hip/optim.lo backends/hip/gemm4.lo backends/hip/int8.lo \
+	backends/hip/module.lo
 backends_hip_lowbit_hip_la_SOURCES =
 nodist_EXTRA_backends_hip_lowbit_hip_la_SOURCES = backends/hip/link-cxx.cxx
 backends_hip_lowbit_hip_la_LIBADD = $(lowbit_hip_objs) $(HIP_LIBS)
@@ -76,10 +88,18 @@ backends_hip_lowbit_hip_la_LDFLAGS = $(lowbit_gpu_ldflags) $(HIP_LDFLAGS)
 
 backends/hip/quant.lo: $(top_srcdir)/backends/gpu/quant.cu $(lowbit_gpu_deps)
 	$(lowbit_v_hipcc)$(lowbit_gpu_lt) $@ $(HIPCC) $(lowbit_hipcc_flags) $(top_srcdir)/backends/gpu/quant.cu
+backends/hip/optim.lo: $(top_srcdir)/backends/gpu/optim.cu $(lowbit_gpu_deps)
+	$(lowbit_v_hipcc)$(lowbit_gpu_lt) $@ $(HIPCC) $(lowbit_hipcc_flags) $(top_srcdir)/backends/gpu/optim.cu
+backends/hip/gemm4.lo: $(top_srcdir)/backends/gpu/gemm4.cu $(lowbit_gpu_deps)
+	$(lowbit_v_hipcc)$(lowbit_gpu_lt) $@ $(HIPCC) $(lowbit_hipcc_flags) $(top_srcdir)/backends/gpu/gemm4.cu
+backends/hip/int8.lo: $(top_srcdir)/backends/gpu/int8.cu $(lowbit_gpu_deps)
+	$(lowbit_v_hipcc)$(lowbit_gpu_lt) $@ $(HIPCC) $(lowbit_hipcc_flags) $(top_srcdir)/backends/gpu/int8.cu
 backends/hip/module.lo: $(top_srcdir)/backends/gpu/module.cu $(lowbit_gpu_deps)
 	$(lowbit_v_hipcc)$(lowbit_gpu_lt) $@ $(HIPCC) $(lowbit_hipcc_flags) $(top_srcdir)/backends/gpu/module.cu
 
 # The objects are not automake's, so cleaning them is ours (libtool's clean removes the .libs folders).
 CLEANFILES += $(lowbit_cuda_objs) $(lowbit_hip_objs) \
-	backends/cuda/.libs/quant.o backends/cuda/.libs/module.o \
-	backends/hip/.libs/quant.o backends/hip/.libs/module.o
+	backends/cuda/.libs/quant.o backends/cuda/.libs/optim.o backends/cuda/.libs/gemm4.o \
+	backends/cuda/.libs/int8.o backends/cuda/.libs/module.o \
+	backends/hip/.libs/quant.o backends/hip/.libs/optim.o backends/hip/.libs/gemm4.o \
+	backends/hip/.libs/int8.o backends/hip/.libs/module.o

@@ -27,6 +27,8 @@ typedef struct lbg_stream {
     int owned; /* 0: the caller's native stream, never destroyed by us */
     void *scratch;
     size_t scratch_bytes;
+    void *blas;   /* CUDA: the stream's cublasHandle_t, created on first use (gemm4.cu); NULL on HIP */
+    void *blaslt; /* CUDA: the stream's cublasLtHandle_t, created on first use (int8.cu); NULL on HIP */
 } lbg_stream_t;
 
 /* The runtime's services, set by probe (called before anything else). */
@@ -77,5 +79,69 @@ LBG_HIDDEN lowbit_status_t lbg_quantize(const lb_launch_t *l, const lb_mem_t *in
                                         const lowbit_quantize_opts_t *opts);
 LBG_HIDDEN lowbit_status_t lbg_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowbit_dtype_t out_dtype,
                                           const lb_mem_t *out);
+
+/* Device loads and stores of 2- and 4-byte values of user memory, which may sit at any byte offset (buffer
+ * views).  ua (unaligned) is uniform over a launch: the host sets it when any operand is not aligned to its
+ * element size; aligned operands then take the plain typed access. */
+__device__ __forceinline__ uint32_t lbg_ld32(const void *p, int64_t i, bool ua)
+{
+    if (!ua)
+        return static_cast<const uint32_t *>(p)[i];
+    const uint8_t *b = static_cast<const uint8_t *>(p) + 4 * i;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+}
+
+__device__ __forceinline__ uint32_t lbg_ld16(const void *p, int64_t i, bool ua)
+{
+    if (!ua)
+        return static_cast<const uint16_t *>(p)[i];
+    const uint8_t *b = static_cast<const uint8_t *>(p) + 2 * i;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8;
+}
+
+__device__ __forceinline__ void lbg_st32(void *p, int64_t i, uint32_t v, bool ua)
+{
+    if (!ua) {
+        static_cast<uint32_t *>(p)[i] = v;
+        return;
+    }
+    uint8_t *b = static_cast<uint8_t *>(p) + 4 * i;
+    b[0] = (uint8_t)v;
+    b[1] = (uint8_t)(v >> 8);
+    b[2] = (uint8_t)(v >> 16);
+    b[3] = (uint8_t)(v >> 24);
+}
+
+__device__ __forceinline__ void lbg_st16(void *p, int64_t i, uint32_t v, bool ua)
+{
+    if (!ua) {
+        static_cast<uint16_t *>(p)[i] = (uint16_t)v;
+        return;
+    }
+    uint8_t *b = static_cast<uint8_t *>(p) + 2 * i;
+    b[0] = (uint8_t)v;
+    b[1] = (uint8_t)(v >> 8);
+}
+
+/* Whether p is aligned to a (a power of two). */
+static inline int lbg_is_aligned(const void *p, size_t a)
+{
+    return ((uintptr_t)p & (a - 1)) == 0;
+}
+
+/* optim.cu */
+LBG_HIDDEN lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *a);
+
+/* gemm4.cu: forward (GEMV kernel, or dequantize + cuBLAS for large M on CUDA) and input gradient */
+LBG_HIDDEN lowbit_status_t lbg_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a);
+/* Frees the stream's BLAS handles (stream_destroy, after the stream is synchronized). */
+LBG_HIDDEN void lbg_blas_release(lbg_stream_t *st);
+
+/* int8.cu (LLM.int8) */
+LBG_HIDDEN lowbit_status_t lbg_int8_quantize_rows(const lb_launch_t *l, const lb_int8_quant_args_t *a);
+LBG_HIDDEN lowbit_status_t lbg_int8_quantize_cols(const lb_launch_t *l, const lb_int8_quant_args_t *a);
+LBG_HIDDEN lowbit_status_t lbg_int8_gemm(const lb_launch_t *l, const lb_int8_gemm_args_t *a);
+LBG_HIDDEN lowbit_status_t lbg_int8_dequant(const lb_launch_t *l, const lb_int8_dequant_args_t *a);
+LBG_HIDDEN lowbit_status_t lbg_int8_matmul(const lb_launch_t *l, const lb_int8_matmul_args_t *a);
 
 #endif /* LOWBIT_GPU_GPU_H */

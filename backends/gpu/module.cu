@@ -306,6 +306,7 @@ static void lbg_stream_destroy(void *bctx, void *bstream)
     /* Queued work may still use the scratch block. */
     if (lbgpuStreamSynchronize(st->s) != lbgpuSuccess)
         (void)lbgpuGetLastError();
+    lbg_blas_release(st);
     if (st->scratch != NULL && lbgpuFree(st->scratch) != lbgpuSuccess)
         (void)lbgpuGetLastError();
     if (st->owned && lbgpuStreamDestroy(st->s) != lbgpuSuccess)
@@ -388,6 +389,24 @@ static lowbit_status_t lbg_op_dequantize(const lb_launch_t *l, const lb_qtensor_
     return lbg_dequantize(l, q, out_dtype, out);
 }
 
+#define LBG_OP(name, argtype, impl)                                                                            \
+    static lowbit_status_t name(const lb_launch_t *l, const argtype *a)                                        \
+    {                                                                                                          \
+        lbg_ctx_t *c = (lbg_ctx_t *)l->bctx;                                                                   \
+        LBG_GUARD(c->device);                                                                                  \
+        return impl(l, a);                                                                                     \
+    }
+
+/* optim.cu, gemm4.cu, int8.cu: compiled, not yet run on a GPU (backends/README.md) */
+LBG_OP(lbg_op_optimizer_step, lb_optim_args_t, lbg_optimizer_step)
+LBG_OP(lbg_op_gemm_4bit, lb_gemm4_args_t, lbg_gemm_4bit)
+LBG_OP(lbg_op_int8_quantize_rows, lb_int8_quant_args_t, lbg_int8_quantize_rows)
+LBG_OP(lbg_op_int8_quantize_cols, lb_int8_quant_args_t, lbg_int8_quantize_cols)
+LBG_OP(lbg_op_int8_gemm, lb_int8_gemm_args_t, lbg_int8_gemm)
+LBG_OP(lbg_op_int8_dequant, lb_int8_dequant_args_t, lbg_int8_dequant)
+LBG_OP(lbg_op_int8_matmul, lb_int8_matmul_args_t, lbg_int8_matmul)
+#undef LBG_OP
+
 /* ---- the table ----------------------------------------------------------------------------------------- */
 
 static lb_backend_t lbg_make_table(void)
@@ -418,6 +437,13 @@ static lb_backend_t lbg_make_table(void)
     b.event_destroy = lbg_event_destroy;
     b.quantize = lbg_op_quantize;
     b.dequantize = lbg_op_dequantize;
+    b.int8_quantize_rows = lbg_op_int8_quantize_rows;
+    b.int8_quantize_cols = lbg_op_int8_quantize_cols;
+    b.int8_gemm = lbg_op_int8_gemm;
+    b.int8_dequant = lbg_op_int8_dequant;
+    b.int8_matmul = lbg_op_int8_matmul;
+    b.gemm_4bit = lbg_op_gemm_4bit;
+    b.optimizer_step = lbg_op_optimizer_step;
     return b;
 }
 
