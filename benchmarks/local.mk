@@ -27,3 +27,10 @@ benchmarks_bench_gemm4_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools
 benchmarks_bench_gemm4_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
 benchmarks_bench_gemm4_LDFLAGS = $(PTHREAD_CFLAGS)
 benchmarks_bench_gemm4_LDADD = lib/liblowbit.la $(PTHREAD_LIBS)
+# lowbit-tune (installed): searches the kernels' launch parameters and writes the tuning cache file.
+bin_PROGRAMS += benchmarks/lowbit-tune
+benchmarks_lowbit_tune_SOURCES = benchmarks/lowbit-tune.c tools/cli.c tools/cli.h
+benchmarks_lowbit_tune_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tools
+benchmarks_lowbit_tune_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
+benchmarks_lowbit_tune_LDFLAGS = $(PTHREAD_CFLAGS)
+benchmarks_lowbit_tune_LDADD = lib/liblowbit.la $(PTHREAD_LIBS) -lm

@@ -34,6 +34,7 @@
 #include "cpu.h"
 #include "half.h"
 #include "rng.h"
+#include "tune.h"
 
 #define LB_CH 32                    /* elements per vectorized inner loop (divides every block size) */
 #define LB_MAX_BLOCK 4096           /* largest block size (spec 1.2) */
@@ -781,14 +782,29 @@ static int lb_stream_ok(const void *out, size_t bytes)
     return bytes >= LB_STREAM_MIN && ((uintptr_t)out & 31) == 0;
 }
 
-static void lb_quantize_run(const lb_qjob_t *job)
+/* Blocks per unit of parallel work: tuning key cpu.quantize.chunk_blocks, 0 (the default) meaning
+ * LB_CHUNK_ELEMS elements' worth.  Logged at debug level, so a test or lowbit-tune can see what a launch
+ * used. */
+static int64_t lb_chunk_blocks(const lb_launch_t *l, const char *op, int32_t blocksize, int64_t nb)
+{
+    int64_t per = lb_tune_lookup(l->ctx, "cpu.quantize.chunk_blocks", 0);
+    if (per <= 0)
+        per = LB_CHUNK_ELEMS / blocksize > 0 ? LB_CHUNK_ELEMS / blocksize : 1;
+    lb_log(LB_LOG_DEBUG, "cpu: %s: %lld blocks of %d in chunks of %lld blocks (cpu.quantize.chunk_blocks)", op,
+           (long long)nb, (int)blocksize, (long long)per);
+    return per;
+}
+
+/* per: blocks per parallel chunk (lb_chunk_blocks), <= 0 for the default. */
+static void lb_quantize_run(const lb_qjob_t *job, int64_t per)
 {
     lb_qblocks_fn fn = lb_quantize_blocks_base;
 #if LB_HAVE_AVX2
     if (lb_cpu_has_avx2())
         fn = lb_quantize_blocks_avx2;
 #endif
-    int64_t per = LB_CHUNK_ELEMS / job->blocksize > 0 ? LB_CHUNK_ELEMS / job->blocksize : 1;
+    if (per <= 0)
+        per = LB_CHUNK_ELEMS / job->blocksize > 0 ? LB_CHUNK_ELEMS / job->blocksize : 1;
     int64_t chunks = (job->nb + per - 1) / per;
     LB_OMP_FOR(chunks > 1)
     for (int64_t c = 0; c < chunks; c++)
@@ -812,7 +828,6 @@ static float lb_center(float *absmax, int64_t nb)
 LB_HIDDEN lowbit_status_t lb_cpu_quantize(const lb_launch_t *l, const lb_mem_t *in, const lb_qtensor_t *q,
                                           const lowbit_quantize_opts_t *opts)
 {
-    (void)l;
     int nested = q->nested_blocksize > 0;
     lb_qjob_t job;
     memset(&job, 0, sizeof job);
@@ -845,7 +860,7 @@ LB_HIDDEN lowbit_status_t lb_cpu_quantize(const lb_launch_t *l, const lb_mem_t *
 
     job.absmax = nested ? (unsigned char *)tmp : LB_PTR(&q->absmax);
     job.stream = lb_stream_ok(job.data, q->format == LOWBIT_QFORMAT_8BIT ? (size_t)q->n : (size_t)(q->n + 1) / 2);
-    lb_quantize_run(&job);
+    lb_quantize_run(&job, lb_chunk_blocks(l, "quantize", q->blocksize, job.nb));
     if (nested) {
         float offset = lb_center(tmp, job.nb);
         lb_qjob_t inner;
@@ -860,7 +875,7 @@ LB_HIDDEN lowbit_status_t lb_cpu_quantize(const lb_launch_t *l, const lb_mem_t *
         inner.code = q->nested_code;
         inner.data = LB_PTR(&q->absmax);
         inner.absmax = LB_PTR(&q->nested_absmax);
-        lb_quantize_run(&inner);
+        lb_quantize_run(&inner, 0);
         lb_stf(LB_PTR(&q->nested_offset), 0, offset);
     }
     free(tmp);
@@ -1032,7 +1047,6 @@ typedef void (*lb_dqblocks_fn)(const lb_djob_t *job, int64_t j0, int64_t j1);
 LB_HIDDEN lowbit_status_t lb_cpu_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowbit_dtype_t out_dtype,
                                             const lb_mem_t *out)
 {
-    (void)l;
     lb_djob_t job;
     memset(&job, 0, sizeof job);
     job.format = q->format;
@@ -1056,7 +1070,7 @@ LB_HIDDEN lowbit_status_t lb_cpu_dequantize(const lb_launch_t *l, const lb_qtens
     if (lb_cpu_has_avx2())
         fn = lb_dequantize_blocks_avx2;
 #endif
-    int64_t per = LB_CHUNK_ELEMS / job.blocksize > 0 ? LB_CHUNK_ELEMS / job.blocksize : 1;
+    int64_t per = lb_chunk_blocks(l, "dequantize", q->blocksize, job.nb);
     int64_t chunks = (job.nb + per - 1) / per;
     LB_OMP_FOR(chunks > 1)
     for (int64_t c = 0; c < chunks; c++)

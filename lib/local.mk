@@ -6,7 +6,7 @@ noinst_HEADERS += lib/backend.h lib/runtime.h lib/half.h lib/codes.h lib/cpu.h l
 lib_liblowbit_la_SOURCES = \
 	lib/error.c lib/log.c lib/registry.c lib/context.c lib/buffer.c lib/stream.c \
 	lib/event.c lib/validate.c lib/qtensor.c lib/api_quant.c lib/api_int8.c lib/api_gemm4.c lib/api_optim.c \
-	lib/codes.c lib/tune.c lib/cpu_backend.c lib/cpu_quant.c lib/cpu_int8.c lib/cpu_gemm4.c lib/cpu_optim.c
+	lib/codes.c lib/tune.c lib/tune_tables.c lib/tune_file.c lib/cpu_backend.c lib/cpu_quant.c lib/cpu_int8.c lib/cpu_gemm4.c lib/cpu_optim.c
 lib_liblowbit_la_CPPFLAGS = $(AM_CPPFLAGS) -DLOWBIT_MODULEDIR='"$(pkglibdir)"' -DLOWBIT_BUILDING
 lib_liblowbit_la_CFLAGS = $(AM_CFLAGS) -fno-math-errno $(LOWBIT_VIS_CFLAGS) $(OPENMP_CFLAGS) $(PTHREAD_CFLAGS) \
 	$(JANSSON_CFLAGS)
@@ -21,3 +21,7 @@ endif
 if BUILD_OPENCL
 lib_liblowbit_la_CPPFLAGS += -DLOWBIT_BUILT_OPENCL=1
 endif
+
+# checkpoints: safetensors reader/writer and the bitsandbytes checkpoint layouts (lowbit_checkpoint_*)
+lib_liblowbit_la_SOURCES += lib/safetensors.c lib/checkpoint.c lib/api_checkpoint.c
+noinst_HEADERS += lib/safetensors.h lib/checkpoint.h

@@ -534,23 +534,195 @@ LOWBIT_API lowbit_status_t lowbit_optimizer_step(lowbit_context_t *ctx, lowbit_s
 /* ------------------------------------------------------------------------------------------------------ */
 /*
  * Kernel launch parameters (threads, values per thread, tiles, split-K, ...) come from a table keyed by
- * backend and architecture, then by kernel family and problem class.  Keys are strings such as
- * "quantize.8bit.threads"; lowbit_tune_info lists where the table in use came from.
+ * backend and architecture ("cuda:sm_90", "opencl:<normalized device name>", "cpu:x86_64"), then by kernel
+ * family.  Keys are strings such as "quantize.8bit.threads"; every key has a valid range, checked before a
+ * value reaches a launch.  A context looks a key up in this order:
+ *
+ *   1. an override set in this process with lowbit_tune_set;
+ *   2. the user cache file (written by lowbit-tune), entry for this context's architecture key;
+ *   3. the built-in tables compiled into the library: device -> architecture -> vendor -> generic;
+ *   4. the kernel's own default (which may depend on the device or dtype; lowbit_tune_get then says so).
+ *
+ * The cache file is $XDG_CACHE_HOME/lowbit/tuning.json (else $HOME/.cache/lowbit/tuning.json);
+ * LOWBIT_TUNING_FILE=path names another, LOWBIT_TUNING_FILE=0 disables it.  It is read once, when the first
+ * context is created (or by lowbit_tune_reload).  A file that is not valid JSON of the expected format and
+ * version is logged and ignored as a whole; an entry with an unknown key, a wrong type, a value out of range
+ * or a second value for the same key is logged and ignored, and the other entries load.
  */
 
 typedef struct lowbit_tune_info {
     char arch_key[LOWBIT_NAME_MAX];   /* e.g. "cuda:sm_90" */
-    char table[LOWBIT_NAME_MAX];      /* built-in table used, e.g. "cuda/sm_90 (measured)" or "cpu/default" */
-    char file[LOWBIT_PATH_MAX];       /* user cache file loaded ("" if none) */
-    int entries;                      /* parameters in effect */
+    char table[LOWBIT_NAME_MAX];      /* built-in tables that apply, most specific first, with where the
+                                         values come from: "cuda/sm_90/H100 [measured sm_90 (H100)] <
+                                         cuda/sm_90 < cuda < generic" */
+    char file[LOWBIT_PATH_MAX];       /* user cache file loaded ("" if none: see file_status) */
+    int entries;                      /* parameters that have a value (override, file or built-in) */
     int overrides;                    /* of which set in-process with lowbit_tune_set */
+    /* Appended with the cache file (0.1): */
+    char file_status[LOWBIT_REASON_MAX]; /* what happened to the cache file: "loaded: 12 entries, 1 rejected",
+                                            "disabled (LOWBIT_TUNING_FILE=0)", "not found: <path>",
+                                            "ignored: <path>: line 3 column 1: ..." */
+    int file_entries;                 /* valid entries of the file for this arch_key (in use) */
+    int file_other;                   /* valid entries for other architectures (kept, unused here) */
+    int file_rejected;                /* entries of the file reported and ignored */
 } lowbit_tune_info_t;
 
 LOWBIT_API lowbit_status_t lowbit_tune_info(const lowbit_context_t *ctx, lowbit_tune_info_t *info_p);
-/* The value of a tuning parameter for this context's device.  INVALID_ARGUMENT for an unknown key. */
+/* The value a kernel of this context would use for `key`, following the order above.  Statuses:
+ * INVALID_ARGUMENT for an unknown key; UNSUPPORTED when no table holds it (the kernel computes its
+ * default from the device, e.g. work-groups from the compute units). */
 LOWBIT_API lowbit_status_t lowbit_tune_get(const lowbit_context_t *ctx, const char *key, int64_t *value_p);
 /* Overrides a parameter for this context (range-checked: INVALID_ARGUMENT if out of range). */
 LOWBIT_API lowbit_status_t lowbit_tune_set(lowbit_context_t *ctx, const char *key, int64_t value);
+/* Removes this context's override of `key` (NULL: all of them); removing one not set is not an error.
+ * Statuses: INVALID_ARGUMENT (unknown key). */
+LOWBIT_API lowbit_status_t lowbit_tune_reset(lowbit_context_t *ctx, const char *key);
+/* Writes this context's overrides into the cache file `path` (NULL: the default path above) as entries for
+ * its architecture key, with the device name, driver and lowbit version.  Entries of the file for other
+ * architectures or keys are kept; the file is replaced atomically (temporary file + rename, under an
+ * advisory lock), so concurrent writers never leave a torn file.  Contexts already created are unaffected
+ * (see lowbit_tune_reload).  Statuses: INVALID_ARGUMENT (NULL ctx, no path: LOWBIT_TUNING_FILE=0 or no
+ * HOME; directory not writable). */
+LOWBIT_API lowbit_status_t lowbit_tune_save(const lowbit_context_t *ctx, const char *path);
+/* Reads the cache file again (LOWBIT_TUNING_FILE is looked at again); contexts created afterwards use it. */
+LOWBIT_API lowbit_status_t lowbit_tune_reload(void);
+
+/* ------------------------------------------------------------------------------------------------------ */
+/* Checkpoints                                                                                             */
+/* ------------------------------------------------------------------------------------------------------ */
+/*
+ * Reading and writing safetensors checkpoints in the layout transformers + bitsandbytes load as
+ * pre-quantized models.  A checkpoint is a safetensors file, or a directory holding either
+ * model.safetensors or shards listed by model.safetensors.index.json ({"metadata": {...}, "weight_map":
+ * {tensor: shard file}}).  Opening validates every header completely (JSON, known dtypes, shape x dtype
+ * size == byte range, ranges inside the file and disjoint, unique non-empty UTF-8 names, every shard of the
+ * index present and holding the tensors the index assigns to it, quant-state JSON blobs well formed);
+ * errors are FORMAT (the message names the file and the tensor) or IO.  Files are mapped read-only.
+ *
+ * Quantized layouts (spec/bitsandbytes.md 3.4, 3.5), for a module prefix P (e.g. "model.layers.0.mlp.up_proj"):
+ *   NF4/FP4:  P.weight          U8 [(n+1)/2, 1]   packed nibbles, element 2i in the high nibble of byte i
+ *             P.weight.absmax   F32 [nb], or U8 [nb] with double quantization
+ *             P.weight.quant_map  F32 [16]        the NF4 or FP4 table
+ *             P.weight.nested_absmax  F32 [ceil(nb/256)]       double quantization only
+ *             P.weight.nested_quant_map  F32 [256]  signed dynamic map, double quantization only
+ *             P.weight.quant_state.bitsandbytes__nf4 (or __fp4)  U8 [len]: UTF-8 JSON
+ *                 {"quant_type": "nf4", "blocksize": 64, "dtype": "bfloat16", "shape": [N, K],
+ *                  "nested_blocksize": 256, "nested_dtype": "float32", "nested_offset": <float>}
+ *                 (the last three only with double quantization)
+ *   LLM.int8: P.weight I8 [N, K], P.SCB F32 [N] (row absmax), P.weight_format U8 [] = 0 (row-major)
+ */
+
+typedef struct lowbit_checkpoint lowbit_checkpoint_t;
+
+typedef enum lowbit_ckpt_format {
+    LOWBIT_CKPT_PLAIN = 0, /* an ordinary tensor */
+    LOWBIT_CKPT_NF4 = 1,   /* a packed NF4 weight */
+    LOWBIT_CKPT_FP4 = 2,   /* a packed FP4 weight */
+    LOWBIT_CKPT_INT8 = 3,  /* an LLM.int8 weight (row-major int8 with SCB) */
+    LOWBIT_CKPT_STATE = 4  /* part of another tensor's quantization state (absmax, quant_map, SCB, ...) */
+} lowbit_ckpt_format_t;
+
+#define LOWBIT_CKPT_MAX_DIMS 8
+
+typedef struct lowbit_checkpoint_tensor {
+    const char *name;      /* valid until lowbit_checkpoint_close */
+    const char *file;      /* the file (shard) holding it; valid until close */
+    char dtype[8];         /* safetensors dtype as stored: "F32", "F16", "BF16", "U8", "I8", ... */
+    int ndim;
+    int64_t shape[LOWBIT_CKPT_MAX_DIMS];
+    uint64_t bytes;        /* stored bytes of this tensor */
+    lowbit_ckpt_format_t format;
+    /* NF4/FP4/INT8 weights only: */
+    char orig_dtype[16];   /* dtype before quantization ("bfloat16", "float16", "float32"; "" for INT8) */
+    int orig_ndim;         /* shape before quantization */
+    int64_t orig_shape[LOWBIT_CKPT_MAX_DIMS];
+    int32_t blocksize;     /* NF4/FP4 */
+    int32_t nested_blocksize; /* NF4/FP4 with double quantization, else 0 */
+    uint64_t footprint;    /* bytes of the weight and all its state tensors */
+    /* STATE only: the weight this tensor belongs to (valid until close) */
+    const char *owner;
+} lowbit_checkpoint_tensor_t;
+
+/* Opens a checkpoint file or directory (see above) and validates it.  Statuses: INVALID_ARGUMENT (NULL),
+ * IO (missing or unreadable file or shard), FORMAT, OUT_OF_MEMORY.  *ckpt_p is set only on success. */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_open(const char *path, lowbit_checkpoint_t **ckpt_p);
+/* Unmaps and frees.  Code tables handed out by lowbit_checkpoint_load_4bit become invalid.  NULL is
+ * accepted and ignored. */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_close(lowbit_checkpoint_t *ckpt);
+/* Number of tensors, over all shards: shards in file-name order, tensors in header order within each. */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_tensor_count(const lowbit_checkpoint_t *ckpt, int *count_p);
+/* Description of tensor `index` (0 <= index < count).  Statuses: INVALID_ARGUMENT. */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_tensor_info(const lowbit_checkpoint_t *ckpt, int index,
+                                                         lowbit_checkpoint_tensor_t *info_p);
+/* Index of the tensor called `name`.  Statuses: INVALID_ARGUMENT (NULL, or no such tensor). */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_find(const lowbit_checkpoint_t *ckpt, const char *name,
+                                                  int *index_p);
+/* The stored bytes of tensor `index` (read-only mapping, valid until close; not necessarily aligned). */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_tensor_data(const lowbit_checkpoint_t *ckpt, int index,
+                                                         const void **data_p, uint64_t *bytes_p);
+
+/* Loads the NF4/FP4 weight `name` (e.g. "model.layers.0.mlp.up_proj.weight") into a freshly allocated
+ * qtensor on ctx, ready for lowbit_gemv_4bit / lowbit_gemm_4bit / lowbit_dequantize_blockwise: format,
+ * dtype (the original dtype), n, blocksize, data, absmax and, with double quantization, nested_blocksize,
+ * nested_absmax, nested_offset (from the JSON) and nested_code (pointing to the stored nested_quant_map,
+ * valid until lowbit_checkpoint_close).  *rows_p / *cols_p (either may be NULL) receive the original shape
+ * as a matrix: rows = shape[0], cols = n / rows (a 1-D tensor gives rows = 1).  Free q with
+ * lowbit_qtensor_free.  Statuses: INVALID_ARGUMENT (NULL, no such tensor, not a 4-bit weight), FORMAT
+ * (state tensors missing or of the wrong dtype or size), UNSUPPORTED (a quant_map that is not the NF4/FP4
+ * table, a block size lowbit does not support), OUT_OF_MEMORY, DEVICE.  On error *q is untouched. */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_load_4bit(lowbit_context_t *ctx, const lowbit_checkpoint_t *ckpt,
+                                                       const char *name, lowbit_qtensor_t *q, int64_t *rows_p,
+                                                       int64_t *cols_p);
+/* Loads the LLM.int8 weight `name` ("P.weight"): *CB_p receives a new buffer with int8 [rows, cols] and
+ * *SCB_p one with float32 [rows], ready for lowbit_int8_matmul.  Statuses as lowbit_checkpoint_load_4bit
+ * (UNSUPPORTED also for a weight_format other than 0 = row-major). */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_load_int8(lowbit_context_t *ctx, const lowbit_checkpoint_t *ckpt,
+                                                       const char *name, lowbit_buffer_t **CB_p,
+                                                       lowbit_buffer_t **SCB_p, int64_t *rows_p,
+                                                       int64_t *cols_p);
+
+typedef struct lowbit_checkpoint_quantize_opts {
+    lowbit_ckpt_format_t format; /* NF4, FP4 or INT8 */
+    int32_t blocksize;           /* NF4/FP4: 32 ... 4096, power of two (0 = 64) */
+    int double_quant;            /* NF4/FP4: 1 = absmax double-quantized in blocks of 256 */
+    const char *const *skip;     /* nskip patterns: a tensor whose name contains one, or matches it as a */
+    int nskip;                   /* glob (fnmatch), is kept unquantized */
+} lowbit_checkpoint_quantize_opts_t;
+
+/* What lowbit_checkpoint_quantize reports after each input tensor. */
+typedef struct lowbit_checkpoint_progress {
+    int index, count;            /* input tensor index (0-based) and total */
+    const char *name;
+    const char *dtype;           /* input safetensors dtype */
+    int ndim;
+    const int64_t *shape;
+    int quantized;               /* 1 if converted */
+    const char *kept_because;    /* when not quantized: the rule that kept it */
+    uint64_t bytes_in;           /* stored bytes before */
+    uint64_t bytes_out;          /* stored bytes after (weight plus its state tensors) */
+    double rel_l2;               /* quantized only: ||x - dequant(q)||_2 / ||x||_2 in float64 (0 for x = 0) */
+} lowbit_checkpoint_progress_t;
+
+typedef void (*lowbit_checkpoint_progress_fn)(void *user, const lowbit_checkpoint_progress_t *progress);
+
+/*
+ * Quantizes the checkpoint `in` into `out`, tensor by tensor (host and device memory stay about the
+ * size of the largest tensor), on ctx.  The rule: a tensor is quantized iff it is F32, F16 or BF16, 2-D,
+ * its name ends in ".weight", the name contains none of "embed", "lm_head", "wte", "wpe", "norm"
+ * (embeddings, the output head and norms stay as they are, as transformers keeps them) and it matches no
+ * skip pattern.  Everything else is copied unchanged.  A file gives a file; a directory gives a
+ * directory with the same shard names, a new model.safetensors.index.json and, when `in` has a
+ * config.json, a copy with "quantization_config" set for transformers (quant_method "bitsandbytes",
+ * load_in_4bit / load_in_8bit, bnb_4bit_quant_type, bnb_4bit_use_double_quant, bnb_4bit_compute_dtype =
+ * the dtype of the quantized weights, llm_int8_skip_modules = the 2-D weights kept unquantized).
+ * Output is written to temporaries beside `out` and renamed into place only when complete: on any error
+ * nothing is left at `out`.  `out` must not exist.  progress (may be NULL) is called after each tensor.
+ * Statuses: INVALID_ARGUMENT (NULL, bad options, out exists, in already quantized), IO, FORMAT,
+ * UNSUPPORTED, OUT_OF_MEMORY, DEVICE.
+ */
+LOWBIT_API lowbit_status_t lowbit_checkpoint_quantize(lowbit_context_t *ctx, const char *in, const char *out,
+                                                      const lowbit_checkpoint_quantize_opts_t *opts,
+                                                      lowbit_checkpoint_progress_fn progress, void *user);
 
 #ifdef __cplusplus
 }

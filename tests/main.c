@@ -24,7 +24,7 @@
 static const lbt_register_fn suites[] = {
     lbt_register_runtime, lbt_register_codes,      lbt_register_quant, lbt_register_nested,
     lbt_register_stochastic, lbt_register_badinput, lbt_register_stats, lbt_register_int8, lbt_register_gemm4,
-    lbt_register_optim,
+    lbt_register_optim,     lbt_register_concurrency,
 };
 
 static uint64_t pick_seed(void)

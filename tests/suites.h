@@ -17,5 +17,6 @@ void lbt_register_stats(Suite *s);      /* test_stats.c: spec 8.1 / 8.2 round-tr
 void lbt_register_int8(Suite *s);       /* test_int8.c: LLM.int8 quantize rows/cols, gemm, dequant, forward */
 void lbt_register_gemm4(Suite *s);      /* test_gemm4.c: 4-bit weight-only products */
 void lbt_register_optim(Suite *s);      /* test_optim.c: every optimizer, 32-bit and 8-bit states */
+void lbt_register_concurrency(Suite *s); /* test_concurrency.c: 8 threads on one context; contexts per thread */
 
 #endif /* LBT_SUITES_H */

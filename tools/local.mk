@@ -7,3 +7,6 @@ tools_lowbit_CPPFLAGS = $(AM_CPPFLAGS) -DLOWBIT_MODULEDIR='"$(pkglibdir)"'
 tools_lowbit_CFLAGS = $(AM_CFLAGS) $(PTHREAD_CFLAGS)
 tools_lowbit_LDFLAGS = $(PTHREAD_CFLAGS)
 tools_lowbit_LDADD = lib/liblowbit.la $(PTHREAD_LIBS)
+
+# checkpoints: `lowbit quantize` and `lowbit inspect`
+tools_lowbit_SOURCES += tools/cmd.h tools/cmd_quantize.c tools/cmd_inspect.c

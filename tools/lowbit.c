@@ -5,6 +5,8 @@
  *                                 module search path, tuning table
  *   lowbit demo [options]         quantize a random 4096x4096 weight in every format the README lists and
  *                                 report footprint, round-trip error and speed
+ *   lowbit quantize IN OUT ...    quantize a safetensors checkpoint (tools/cmd_quantize.c)
+ *   lowbit inspect FILE|DIR       list a checkpoint's tensors (tools/cmd_inspect.c)
  *
  * Uses the public API only (lowbit.h).  Every lowbit_* status is checked; a failure prints
  * "lowbit: <what>: <status>: <message>" and exits 1.  Usage errors exit 2.
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cmd.h"
 #include "lowbit.h"
 
 #ifndef LOWBIT_MODULEDIR
@@ -52,6 +55,10 @@ static void usage(FILE *f)
             "      --device N       device index within the backend (default: LOWBIT_DEVICE, else 0)\n"
             "      --size N         matrix side (default 4096: a 4096 x 4096 weight)\n"
             "      --seed S         seed of the random weight (default 1)\n"
+            "  quantize IN OUT --format nf4|fp4|int8 [--blocksize B] [--double-quant] [--skip PATTERN]...\n"
+            "                       quantize a safetensors checkpoint (file or directory) into the layout\n"
+            "                       transformers + bitsandbytes load (see 'lowbit quantize --help')\n"
+            "  inspect FILE|DIR     tensors, dtypes, shapes, formats and footprint of a checkpoint\n"
             "  help                 this text\n"
             "\n"
             "Options:\n"
@@ -263,7 +270,10 @@ static void info_print_text(const info_data_t *d)
         printf("  device    %s:%d %s\n", d->tune_device.backend, d->tune_device.index, d->tune_device.name);
         printf("  arch key  %s\n", d->tune.arch_key);
         printf("  table     %s\n", d->tune.table);
-        printf("  file      %s\n", d->tune.file[0] ? d->tune.file : "(none)");
+        printf("  file      %s\n", d->tune.file[0] ? d->tune.file : d->tune.file_status);
+        if (d->tune.file[0])
+            printf("            %d entries for %s in use, %d for other architectures, %d rejected\n",
+                   d->tune.file_entries, d->tune.arch_key, d->tune.file_other, d->tune.file_rejected);
         printf("  entries   %d (%d overridden in this process)\n", d->tune.entries, d->tune.overrides);
     } else {
         printf("  %s: %s: %s\n", d->tune_what, lowbit_status_string(d->tune_status),
@@ -332,6 +342,9 @@ static void info_print_json(const info_data_t *d)
         json_kv_str(f, "arch_key", d->tune.arch_key, 1);
         json_kv_str(f, "table", d->tune.table, 1);
         json_kv_str(f, "file", d->tune.file, 1);
+        json_kv_str(f, "file_status", d->tune.file_status, 1);
+        fprintf(f, "\"file_entries\": %d, \"file_other\": %d, \"file_rejected\": %d, ", d->tune.file_entries,
+                d->tune.file_other, d->tune.file_rejected);
         fprintf(f, "\"entries\": %d, \"overrides\": %d}", d->tune.entries, d->tune.overrides);
     } else {
         fputc('{', f);
@@ -894,6 +907,10 @@ int main(int argc, char **argv)
         return cmd_info(argc - 1, argv + 1);
     if (!strcmp(cmd, "demo"))
         return cmd_demo(argc - 1, argv + 1);
+    if (!strcmp(cmd, "quantize"))
+        return cmd_quantize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect"))
+        return cmd_inspect(argc - 1, argv + 1);
     fprintf(stderr, "lowbit: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
