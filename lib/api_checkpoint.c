@@ -465,6 +465,29 @@ static lowbit_status_t lb_q_int8_write(lb_q_t *q, lb_st_writer_t *w, const lb_st
     return st;
 }
 
+/* The weight as float16 on the device: bitsandbytes quantizes int8 weights from W.half() (spec 4.5, step 3),
+ * so bf16 and f32 weights go through one float16 rounding (overflow to inf, as torch) before the row
+ * quantization, or their codes could differ from bitsandbytes' near rounding ties. */
+static lowbit_status_t lb_q_upload_f16(lb_q_t *q, const lb_st_tensor_t *t, lowbit_dtype_t dt,
+                                       lowbit_buffer_t **in_p)
+{
+    if (dt == LOWBIT_F16)
+        return lb_q_upload_input(q, t, in_p);
+    uint16_t *h = malloc((size_t)t->numel * sizeof(uint16_t));
+    if (h == NULL)
+        return lb_error(LOWBIT_ERR_OUT_OF_MEMORY, "tensor \"%s\": out of host memory", t->name);
+    for (int64_t i = 0; i < t->numel; i++)
+        h[i] = lb_f32_to_f16(lb_load_f(t->data, dt, i));
+    size_t bytes = (size_t)t->numel * sizeof(uint16_t);
+    lowbit_status_t st = lowbit_buffer_alloc(q->ctx, bytes, 0, in_p);
+    if (st == LOWBIT_SUCCESS && (st = lowbit_buffer_upload(q->ctx, NULL, *in_p, 0, h, bytes)) != LOWBIT_SUCCESS) {
+        lowbit_buffer_free(*in_p);
+        *in_p = NULL;
+    }
+    free(h);
+    return st;
+}
+
 static lowbit_status_t lb_q_int8(lb_q_t *q, lb_st_writer_t *w, const lb_st_tensor_t *t, lowbit_dtype_t dt,
                                  lowbit_checkpoint_progress_t *pr)
 {
@@ -474,13 +497,13 @@ static lowbit_status_t lb_q_int8(lb_q_t *q, lb_st_writer_t *w, const lb_st_tenso
     lowbit_buffer_t *in = NULL, *qb = NULL, *sb = NULL;
     lowbit_status_t st = cb == NULL || scb == NULL
                              ? lb_error(LOWBIT_ERR_OUT_OF_MEMORY, "tensor \"%s\": out of host memory", t->name)
-                             : lb_q_upload_input(q, t, &in);
+                             : lb_q_upload_f16(q, t, dt, &in);
     if (st == LOWBIT_SUCCESS)
         st = lowbit_buffer_alloc(q->ctx, (size_t)t->numel, 0, &qb);
     if (st == LOWBIT_SUCCESS)
         st = lowbit_buffer_alloc(q->ctx, (size_t)rows * sizeof(float), 0, &sb);
     if (st == LOWBIT_SUCCESS) /* threshold 0: a weight has no outliers (bitsandbytes Int8Params) */
-        st = lowbit_int8_quantize_rows(q->ctx, NULL, dt, rows, cols, in, 0.0f, qb, sb, NULL, NULL);
+        st = lowbit_int8_quantize_rows(q->ctx, NULL, LOWBIT_F16, rows, cols, in, 0.0f, qb, sb, NULL, NULL);
     if (st == LOWBIT_SUCCESS)
         st = lowbit_buffer_download(q->ctx, NULL, qb, 0, cb, (size_t)t->numel);
     if (st == LOWBIT_SUCCESS)

@@ -493,6 +493,14 @@ END_TEST
 /* int8 round trip                                                                                         */
 /* ------------------------------------------------------------------------------------------------------ */
 
+/* bitsandbytes quantizes int8 weights from W.half() (spec 4.5): the value as float16. */
+static double as_f16(float v)
+{
+    uint8_t b[2];
+    ref_store(LOWBIT_F16, b, 0, v);
+    return ref_load(LOWBIT_F16, b, 0);
+}
+
 static void check_int8_weight(const lowbit_checkpoint_t *ck, const char *name, const char *module, const lbt_host_t *x,
                               int64_t rows, int64_t cols, double reported_err)
 {
@@ -508,11 +516,11 @@ static void check_int8_weight(const lowbit_checkpoint_t *ck, const char *name, c
     for (int64_t i = 0; i < rows; i++) {
         double amax = 0;
         for (int64_t c = 0; c < cols; c++)
-            amax = fmax(amax, fabs((double)x->f[i * cols + c]));
+            amax = fmax(amax, fabs(as_f16(x->f[i * cols + c])));
         LBT_ASSERT(load_f32(scb.data, i) == (float)amax, "SCB[%" PRId64 "] %.9g, row absmax %.9g", i,
                    (double)load_f32(scb.data, i), amax);
         for (int64_t c = 0; c < cols; c++) {
-            double v = (double)x->f[i * cols + c] * 127.0 / amax, q = nearbyint(v);
+            double v = as_f16(x->f[i * cols + c]) * 127.0 / amax, q = nearbyint(v);
             int8_t got = (int8_t)w.data[i * cols + c];
             /* round half even of x * 127 / absmax; a float32 scale may move an exact .5 case by one */
             LBT_ASSERT(got == (int8_t)q || (fabs(fabs(v - trunc(v)) - 0.5) < 1e-4 && abs(got - (int)q) == 1),
