@@ -1,7 +1,8 @@
 /*
- * common.cl -- helpers shared by the programs built after quantize.cl (optim.cl, ...): the host prepends
- * this file to their source (ocl_program.c lb_ocl_source).  OpenCL C 1.2; base macros LB_FP64 and LB_CRDIV
- * come from the context's build options.
+ * common.cl -- helpers shared by every program (quantize.cl, optim.cl, gemm4.cl, int8.cl): the host prepends
+ * this file to their source (ocl_program.c lb_ocl_source_with_common).  OpenCL C 1.2; base macros LB_FP64
+ * and LB_CRDIV come from the context's build options, LB_DTYPE, LB_ALIGNED and LB_WG (where a program has
+ * them) from the program's.
  *
  * Numerics must match the CPU reference bit for bit: no contraction of a*b+c into fma, correctly rounded
  * float32 division and square root.
@@ -12,7 +13,8 @@
 #pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
 
-/* Element type in global memory (LB_DTYPE 0 = f32, 1 = f16, 2 = bf16); `half` only behind a pointer. */
+/* Element type in global memory (LB_DTYPE 0 = f32, 1 = f16, 2 = bf16).  `half` may only appear behind a
+ * pointer without cl_khr_fp16. */
 #if defined(LB_DTYPE)
 #if LB_DTYPE == 0
 #define LB_ELEM float
@@ -29,11 +31,15 @@
 #define LB_DIV(a, b) ((a) / (b))
 #define LB_SQRT(a) sqrt(a)
 #elif LB_FP64
-/* One more rounding of a double quotient / root keeps it correctly rounded (53 >= 2*24+2). */
+/* A float quotient / root computed in double and rounded once more is still correctly rounded
+ * (53 >= 2*24+2). */
 #define LB_DIV(a, b) ((float)((double)(a) / (double)(b)))
 #define LB_SQRT(a) ((float)sqrt((double)(a)))
 #else
-/* Neither: the quotient refined by its exact residual (fma); no ties exist for a quotient of floats. */
+/* Neither correctly rounded division nor double: start from the (<= 2.5 ulp) quotient and walk to the
+ * float whose residual a - b*q, exact through fma near the quotient, is smallest.  A quotient of two
+ * floats can never lie exactly halfway between two floats, so there are no ties.  Results in the
+ * subnormal range may be off by one ulp. */
 inline float lb_div_cr(float a, float b)
 {
     float q = a / b;
@@ -67,7 +73,8 @@ inline float lb_bf16_to_f32(ushort u)
     return as_float((uint)u << 16);
 }
 
-/* Round to nearest even; NaN -> the canonical quiet NaN of its sign. */
+/* Round to nearest even (a carry into the exponent rounds up to inf); NaN becomes the canonical quiet NaN
+ * of its sign, as the CPU backend (lib/half.h) does. */
 inline ushort lb_f32_to_bf16(float f)
 {
     uint u = as_uint(f);
@@ -77,11 +84,14 @@ inline ushort lb_f32_to_bf16(float f)
     return (ushort)(u >> 16);
 }
 
+/* float32 -> binary16 bits with integer operations, exactly as lib/half.h: round to nearest even, overflow
+ * to inf, subnormal results kept, NaN -> the canonical quiet NaN of its sign (0x7e00).  vstore_half_rte
+ * leaves NaN payloads to the implementation and is emulated (slow) by some drivers. */
 inline ushort lb_f32_to_f16_rare(uint sign, uint a)
 {
     const uint e = a >> 23;
     const uint m = (a & 0x007fffffu) | 0x00800000u;
-    uint s = 126u - e;
+    uint s = 126u - e; /* used only when e <= 112, so s >= 14; OpenCL masks larger shift counts */
     s = s > 25u ? 25u : s;
     const uint q = m >> s;
     const uint rem = m & ((1u << s) - 1u);
@@ -91,17 +101,17 @@ inline ushort lb_f32_to_f16_rare(uint sign, uint a)
     return (ushort)(sign | mag);
 }
 
-/* float32 -> binary16 bits: nearest even, overflow to inf, subnormals kept, NaN -> 0x7e00 | sign. */
 inline ushort lb_f32_to_f16(float f)
 {
     const uint u = as_uint(f);
     const uint sign = (u >> 16) & 0x8000u;
     const uint a = u & 0x7fffffffu;
+    /* normal result (2^-14 <= |f| < 65520): round the mantissa at bit 13, ties to even, rebias */
     if (a - 0x38800000u < 0x477ff000u - 0x38800000u)
         return (ushort)(sign | ((a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
-    if (a == 0u)
+    if (a == 0u) /* frequent (NF4 code 7 is 0.0): keep it off the slow path */
         return (ushort)sign;
-    return lb_f32_to_f16_rare(sign, a);
+    return lb_f32_to_f16_rare(sign, a); /* subnormal, overflow, inf, NaN */
 }
 
 #if defined(LB_DTYPE)
@@ -200,6 +210,7 @@ inline float lb_ldf(__global const uchar *p, ulong i)
 #define LB_ACC_FLOAT(s) ((float)(s))
 #define LB_ACC_SQRT(s) ((float)sqrt(s))
 #else
+/* Double-float (hi, lo) with error-free additions: deterministic, about 48 bits. */
 #define LB_ACC float2
 #define LB_ACC_ZERO ((float2)(0.0f, 0.0f))
 inline float2 lb_ff_add(float2 a, float2 b)
@@ -221,4 +232,52 @@ inline float2 lb_ff_sq(float f)
 #define LB_ACC_SQ(f) lb_ff_sq(f)
 #define LB_ACC_FLOAT(s) ((s).x + (s).y)
 #define LB_ACC_SQRT(s) LB_SQRT((s).x + (s).y)
+#endif
+
+/* ---- 8-bit codes and work-group reductions --------------------------------------------------------- */
+
+/* bitsandbytes' binary search (spec 1.5), literally: nearest code by float32 midpoints, ties to the
+ * even index, clamping at the ends, NaN -> 0. */
+inline uint lb_q8(__local const float *code, float y)
+{
+    int pivot = 127, lo_i = 0, hi_i = 255;
+    float lo = -1.0f, hi = 1.0f, v = code[127];
+    for (int step = 64; step > 0; step >>= 1) {
+        if (y > v) {
+            lo_i = pivot;
+            lo = v;
+            pivot += step;
+        } else {
+            hi_i = pivot;
+            hi = v;
+            pivot -= step;
+        }
+        v = code[pivot];
+    }
+    if (hi_i == 255)
+        hi = code[255];
+    if (lo_i == 0)
+        lo = code[0];
+    if (y > v)
+        return (y > (hi + v) * 0.5f) ? (uint)hi_i : (uint)pivot;
+    return (y < (lo + v) * 0.5f) ? (uint)lo_i : (uint)pivot;
+}
+
+#if defined(LB_WG)
+/* max over the work-group of v (every work-item gets it); red has LB_WG entries.  Defined for the programs
+ * whose LB_WG is a build option (gemm4.cl derives its own after this file and needs none). */
+inline uint lb_max_reduce(__local uint *red, uint v)
+{
+    const uint lid = get_local_id(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint h = LB_WG / 2; h > 0; h >>= 1) {
+        if (lid < h)
+            red[lid] = max(red[lid], red[lid + h]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    uint r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
 #endif

@@ -10,7 +10,7 @@
  *             r = r + bias[n]; rounded once to the dtype
  *   grad    dx[m,k] = one chain s = fma(dy[m,n], w[n,k], s) over increasing n
  *
- * The host (ocl_gemm4.c) prepends common.cl and builds one program per variant:
+ * ocl_program.c prepends common.cl; the host (ocl_gemm4.c) builds one program per variant:
  *   LB_DTYPE  x / y dtype (0 f32, 1 f16, 2 bf16)     LB_GRAD   1 = input gradient
  *   LB_TM     rows of x per work-group               LB_TC     output columns per work-group (n, or k)
  *   LB_RC     reduction elements staged per step (multiple of 8)

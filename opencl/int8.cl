@@ -4,7 +4,7 @@
  * fused forward's outlier part.  Codes, stats and integer products are bit-identical to the CPU; so are the
  * float results (the same IEEE operations, explicit fma where the definition has one).
  *
- * The host (ocl_int8.c) prepends common.cl; one program per variant, kernels picked by name:
+ * ocl_program.c prepends common.cl; one program per variant (ocl_int8.c), kernels picked by name:
  *   LB_DTYPE   float operand type (A, X, out, bias; 0 f32, 1 f16, 2 bf16)
  *   LB_ALIGNED every user view's byte offset is a multiple of its element size (else byte-wise access)
  *   LB_WG      work-group size (power of two)
@@ -119,15 +119,7 @@ lb_i8_qrows(__global const uchar *A, ulong a_off, ulong rows, ulong cols, float 
             if (!lb_excluded(ax, thr))
                 m = max(m, as_uint(ax));
         }
-        red[lid] = m;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint h = LB_WG / 2; h > 0; h >>= 1) {
-            if (lid < h)
-                red[lid] = max(red[lid], red[lid + h]);
-            barrier(CLK_LOCAL_MEM_FENCE);
-        }
-        const float stat = as_float(red[0]);
-        barrier(CLK_LOCAL_MEM_FENCE);
+        const float stat = as_float(lb_max_reduce(red, m));
         if (lid == 0)
             lb_stf(stats, r, stat);
         const float2 s = stat > 0.0f ? lb_scale_of(stat) : (float2)(1.0f, 0.0f);

@@ -10,7 +10,7 @@
  *   ocl_int8.c     LLM.int8(): row/column quantization, int8 GEMM, dequantization, the fused forward
  *   ocl_event.c    timing events (queue markers with profiling)
  *   quantize.cl    the quantization kernels, embedded at build time by build-aux/cl2c.sh (kernels_cl.c)
- *   common.cl      helpers (conversions, exact division, accumulators) prepended to the later programs
+ *   common.cl      helpers (conversions, exact division, accumulators) prepended to every program
  *   optim.cl       the optimizer kernels
  *   gemm4.cl       the 4-bit product kernel
  *   int8.cl        the LLM.int8() kernels
@@ -133,13 +133,11 @@ lowbit_status_t lb_ocl_fail(const char *call, cl_int err);
  * A program-binary disk cache keyed by a hash of these (plus device name and driver) belongs here. */
 lowbit_status_t lb_ocl_program_build(lb_ocl_ctx_t *c, const char *source, const char *options,
                                      cl_program *program_p);
-/* The kernel `name` of `source` built with ctx->base_options + " " + options, built at first use and
- * cached in the context for its lifetime. */
+/* The kernel `name` of common.cl + `source` built with ctx->base_options + " " + options, built at first
+ * use and cached in the context for its lifetime. */
 lowbit_status_t lb_ocl_kernel_get(lb_ocl_ctx_t *c, const char *source, const char *name, const char *options,
                                   lb_ocl_kernel_t **kernel_p);
 void lb_ocl_kernels_release(lb_ocl_ctx_t *c);
-/* common.cl followed by `source`, built once per process (NULL when out of memory). */
-const char *lb_ocl_source_with_common(const char *source);
 
 typedef struct lb_ocl_arg {
     size_t size;

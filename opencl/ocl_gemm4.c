@@ -84,15 +84,12 @@ lowbit_status_t lb_ocl_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a)
     int64_t tm, tc, kc;
     gemm4_shape(l, c, a->M == 1 && !a->grad_input, &tm, &tc, &kc);
 
-    const char *src = lb_ocl_source_with_common(LB_OCL_SRC(gemm4));
-    if (!src)
-        return lb_ocl_host->error(LOWBIT_ERR_OUT_OF_MEMORY, "opencl: out of host memory");
     char opts[192];
     snprintf(opts, sizeof opts, "-DLB_DTYPE=%d -DLB_GRAD=%d -DLB_TM=%lld -DLB_TC=%lld -DLB_RC=%lld -DLB_NESTED=%d "
              "-DLB_BIAS=%d -DLB_ALIGNED=%d", (int)a->dtype, a->grad_input, (long long)tm, (long long)tc,
              (long long)kc, nested, a->has_bias && !a->grad_input, o.aligned);
     lb_ocl_kernel_t *k;
-    if ((st = lb_ocl_kernel_get(c, src, "lb_gemm4", opts, &k)) != LOWBIT_SUCCESS)
+    if ((st = lb_ocl_kernel_get(c, LB_OCL_SRC(gemm4), "lb_gemm4", opts, &k)) != LOWBIT_SUCCESS)
         return st;
 
     lb_ocl_tab_t tab = {0}, ntab = {0};

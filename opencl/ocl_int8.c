@@ -46,10 +46,7 @@ static void i8_tile(const lb_launch_t *l, const lb_ocl_ctx_t *c, int64_t *tm, in
 
 static lowbit_status_t i8_kernel(lb_ocl_ctx_t *c, const char *name, const char *opts, lb_ocl_kernel_t **k_p)
 {
-    const char *src = lb_ocl_source_with_common(LB_OCL_SRC(int8));
-    if (!src)
-        return lb_ocl_host->error(LOWBIT_ERR_OUT_OF_MEMORY, "opencl: out of host memory");
-    return lb_ocl_kernel_get(c, src, name, opts, k_p);
+    return lb_ocl_kernel_get(c, LB_OCL_SRC(int8), name, opts, k_p);
 }
 
 static lowbit_status_t i8_temp(lb_ocl_ctx_t *c, size_t bytes, cl_mem *mem_p)

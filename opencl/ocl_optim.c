@@ -85,15 +85,12 @@ typedef struct optim_launch {
 static lowbit_status_t optim_run(lb_ocl_ctx_t *c, cl_command_queue queue, const optim_launch_t *p, int pass,
                                  size_t groups)
 {
-    const char *src = lb_ocl_source_with_common(LB_OCL_SRC(optim));
-    if (!src)
-        return lb_ocl_host->error(LOWBIT_ERR_OUT_OF_MEMORY, "opencl: out of host memory");
     char opts[192];
     snprintf(opts, sizeof opts, "-DLB_PASS=%d -DLB_OK=%d -DLB_DTYPE=%d -DLB_BITS8=%d -DLB_WG=%zu -DLB_PCT=%d "
              "-DLB_UNORM=%d -DLB_ALIGNED=%d", pass, p->kernel, (int)p->dtype, p->bits8, p->wg, p->pct, p->unorm,
              p->aligned);
     lb_ocl_kernel_t *k;
-    lowbit_status_t st = lb_ocl_kernel_get(c, src, "lb_optim", opts, &k);
+    lowbit_status_t st = lb_ocl_kernel_get(c, LB_OCL_SRC(optim), "lb_optim", opts, &k);
     if (st != LOWBIT_SUCCESS)
         return st;
     const lb_ocl_arg_t args[] = {

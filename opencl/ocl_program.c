@@ -150,6 +150,41 @@ lowbit_status_t lb_ocl_program_build(lb_ocl_ctx_t *c, const char *source, const 
     return LOWBIT_SUCCESS;
 }
 
+/* Joined sources live for the process: kernels are cached per context, sources are few and small. */
+#define LB_OCL_JOINED 8
+static pthread_mutex_t joined_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    const char *source;
+    char *joined;
+} joined[LB_OCL_JOINED];
+
+/* common.cl followed by `source` (NULL when out of memory): every program starts with the shared helpers. */
+static const char *source_with_common(const char *source)
+{
+    const char *r = NULL;
+    pthread_mutex_lock(&joined_lock);
+    for (int i = 0; i < LB_OCL_JOINED && !r; i++) {
+        if (joined[i].source == source) {
+            r = joined[i].joined;
+        } else if (!joined[i].source) {
+            const char *common = LB_OCL_SRC(common);
+            size_t a = strlen(common), b = strlen(source);
+            char *j = malloc(a + b + 2);
+            if (j) {
+                memcpy(j, common, a);
+                j[a] = '\n';
+                memcpy(j + a + 1, source, b + 1);
+                joined[i].source = source;
+                joined[i].joined = j;
+            }
+            r = j;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&joined_lock);
+    return r;
+}
+
 static lowbit_status_t kernel_create(lb_ocl_ctx_t *c, const char *source, const char *name, const char *key,
                                      const char *options, lb_ocl_kernel_t **kernel_p)
 {
@@ -159,7 +194,9 @@ static lowbit_status_t kernel_create(lb_ocl_ctx_t *c, const char *source, const 
         return lb_ocl_host->error(LOWBIT_ERR_OUT_OF_MEMORY, "opencl: out of host memory");
     }
     lb_ocl_host->log(LB_LOG_DEBUG, "opencl: building %s with '%s'", name, options);
-    lowbit_status_t st = lb_ocl_program_build(c, source, options, &k->program);
+    const char *full_source = source_with_common(source);
+    lowbit_status_t st = full_source ? lb_ocl_program_build(c, full_source, options, &k->program)
+                                     : lb_ocl_host->error(LOWBIT_ERR_OUT_OF_MEMORY, "opencl: out of host memory");
     if (st != LOWBIT_SUCCESS)
         goto free_k;
     cl_int err;
@@ -211,40 +248,6 @@ lowbit_status_t lb_ocl_kernel_get(lb_ocl_ctx_t *c, const char *source, const cha
     if (st == LOWBIT_SUCCESS)
         *kernel_p = k;
     return st;
-}
-
-/* Joined sources live for the process: kernels are cached per context, sources are few and small. */
-#define LB_OCL_JOINED 8
-static pthread_mutex_t joined_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    const char *source;
-    char *joined;
-} joined[LB_OCL_JOINED];
-
-const char *lb_ocl_source_with_common(const char *source)
-{
-    const char *r = NULL;
-    pthread_mutex_lock(&joined_lock);
-    for (int i = 0; i < LB_OCL_JOINED && !r; i++) {
-        if (joined[i].source == source) {
-            r = joined[i].joined;
-        } else if (!joined[i].source) {
-            const char *common = LB_OCL_SRC(common);
-            size_t a = strlen(common), b = strlen(source);
-            char *j = malloc(a + b + 2);
-            if (j) {
-                memcpy(j, common, a);
-                j[a] = '\n';
-                memcpy(j + a + 1, source, b + 1);
-                joined[i].source = source;
-                joined[i].joined = j;
-            }
-            r = j;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&joined_lock);
-    return r;
 }
 
 void lb_ocl_kernels_release(lb_ocl_ctx_t *c)

@@ -1,7 +1,7 @@
 /*
  * optim.cl -- optimizer steps (spec 6): every kind, 32-bit and 8-bit blockwise states, with the equations of
- * lib/optim_math.h and the block rules of lib/cpu_optim.c (the reference; read its header first).  The host
- * (ocl_optim.c) prepends common.cl and builds one program per variant with:
+ * lib/optim_math.h and the block rules of lib/cpu_optim.c (the reference; read its header first).
+ * ocl_program.c prepends common.cl; the host (ocl_optim.c) builds one program per variant with:
  *
  *   LB_PASS    1 = update, 2 = percentile norm partials, 3 = max_unorm partials,
  *              4 = percentile finish (one work-group), 5 = max_unorm finish (one work-group)
@@ -89,54 +89,11 @@ inline float lb_om_step(const lb_omk_t *k, float lr_s, float step_s, float gscal
 }
 
 #if LB_BITS8
-/* bitsandbytes' binary search (spec 1.5), as quantize.cl lb_q8: nearest code by float32 midpoints, ties to
- * the even index, clamping at the ends, NaN -> 0. */
-inline uint lb_q8(__local const float *code, float y)
-{
-    int pivot = 127, lo_i = 0, hi_i = 255;
-    float lo = -1.0f, hi = 1.0f, v = code[127];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (y > v) {
-            lo_i = pivot;
-            lo = v;
-            pivot += step;
-        } else {
-            hi_i = pivot;
-            hi = v;
-            pivot -= step;
-        }
-        v = code[pivot];
-    }
-    if (hi_i == 255)
-        hi = code[255];
-    if (lo_i == 0)
-        lo = code[0];
-    if (y > v)
-        return (y > (hi + v) * 0.5f) ? (uint)hi_i : (uint)pivot;
-    return (y < (lo + v) * 0.5f) ? (uint)lo_i : (uint)pivot;
-}
-
 /* The magnitude bits of x for the block absmax: NaN counts as 0 (the CPU's integer max). */
 inline uint lb_mag(float x)
 {
     uint a = as_uint(x) & 0x7fffffffu;
     return a > 0x7f800000u ? 0u : a;
-}
-
-/* max over the work-group of v (every work-item gets it); red has LB_WG entries. */
-inline uint lb_max_reduce(__local uint *red, uint v)
-{
-    const uint lid = get_local_id(0);
-    red[lid] = v;
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint h = LB_WG / 2; h > 0; h >>= 1) {
-        if (lid < h)
-            red[lid] = max(red[lid], red[lid + h]);
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
-    uint r = red[0];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return r;
 }
 
 /* Requantizes one state of the block (cpu_optim.c header, steps 3-6): the new absmax, then codes; the
@@ -169,6 +126,45 @@ inline float lb_requant(__local uint *red, __local const float *code, int signed
 }
 #endif
 
+/* The float32 values of the states at o1, o2 and o1 + skip of the state view: where the 32-bit states
+ * (skip = n) and the 8-bit states' absmax (skip = nb) lie, AdEMAMix's m2 following m1 (cpu_optim.c).  A
+ * state the kind lacks reads as 0 and is never written. */
+inline void lb_ld3f(__global const uchar *state, ulong o1, ulong o2, ulong skip, float *x1, float *x2, float *x3)
+{
+    *x1 = lb_ldf(state, o1);
+    *x2 = 0.0f;
+    *x3 = 0.0f;
+#if LB_TWO
+    *x2 = lb_ldf(state, o2);
+#endif
+#if LB_THREE
+    *x3 = lb_ldf(state, o1 + skip);
+#endif
+}
+
+inline void lb_st3f(__global uchar *state, ulong o1, ulong o2, ulong skip, float x1, float x2, float x3)
+{
+    lb_stf(state, o1, x1);
+#if LB_TWO
+    lb_stf(state, o2, x2);
+#endif
+#if LB_THREE
+    lb_stf(state, o1 + skip, x3);
+#endif
+}
+
+/* buf[0 .. count) added in order by work-item 0, which gets the sum; the barrier after lets the caller
+ * refill buf. */
+inline LB_ACC lb_ordered_sum(__local const LB_ACC *buf, uint count)
+{
+    LB_ACC s = LB_ACC_ZERO;
+    if (get_local_id(0) == 0)
+        for (uint i = 0; i < count; i++)
+            s = LB_ACC_ADD(s, buf[i]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return s;
+}
+
 /* Sum of v over the block in element order (v[j] belongs to element lid + j*LB_WG; padding adds 0), as the
  * CPU's sequential per-block loop.  Work-item 0 gets the total. */
 inline LB_ACC lb_block_sum(__local LB_ACC *buf, const LB_ACC *v)
@@ -177,12 +173,7 @@ inline LB_ACC lb_block_sum(__local LB_ACC *buf, const LB_ACC *v)
     for (uint j = 0; j < LB_EPT; j++)
         buf[lid + j * LB_WG] = v[j];
     barrier(CLK_LOCAL_MEM_FENCE);
-    LB_ACC s = LB_ACC_ZERO;
-    if (lid == 0)
-        for (uint i = 0; i < LB_OB; i++)
-            s = LB_ACC_ADD(s, buf[i]);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return s;
+    return lb_ordered_sum(buf, LB_OB);
 }
 
 /* Sum of part[stride*b + which] over b < nb by one work-group: contiguous chunks in block order, then the
@@ -196,12 +187,7 @@ inline LB_ACC lb_total(__local LB_ACC *buf, __global const LB_ACC *part, ulong n
         s = LB_ACC_ADD(s, part[stride * b + which]);
     buf[lid] = s;
     barrier(CLK_LOCAL_MEM_FENCE);
-    LB_ACC t = LB_ACC_ZERO;
-    if (lid == 0)
-        for (uint i = 0; i < LB_WG; i++)
-            t = LB_ACC_ADD(t, buf[i]);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return t;
+    return lb_ordered_sum(buf, LB_WG);
 }
 
 __kernel __attribute__((reqd_work_group_size(LB_WG, 1, 1))) void
@@ -299,13 +285,8 @@ lb_optim(__global uchar *param, ulong p_off, __global const uchar *grad, ulong g
         float s1[LB_EPT], s2[LB_EPT], s3[LB_EPT];
         LB_ACC v0[LB_EPT], v1[LB_EPT];
 #if LB_BITS8 && LB_PASS != 2
-        const float a1 = lb_ldf(state, am1 + b);
-#if LB_TWO
-        const float a2 = lb_ldf(state, am2 + b);
-#endif
-#if LB_THREE
-        const float a3 = lb_ldf(state, am1 + nb + b);
-#endif
+        float a1, a2, a3;
+        lb_ld3f(state, am1 + b, am2 + b, nb, &a1, &a2, &a3);
 #endif
         for (uint j = 0; j < LB_EPT; j++) {
             const uint i = lid + j * LB_WG;
@@ -334,17 +315,8 @@ lb_optim(__global uchar *param, ulong p_off, __global const uchar *grad, ulong g
             float x3 = 0.0f;
 #endif
 #else
-            float x1 = lb_ldf(state, st1 + e);
-#if LB_TWO
-            float x2 = lb_ldf(state, st2 + e);
-#else
-            float x2 = 0.0f;
-#endif
-#if LB_THREE
-            float x3 = lb_ldf(state, st1 + n + e);
-#else
-            float x3 = 0.0f;
-#endif
+            float x1, x2, x3;
+            lb_ld3f(state, st1 + e, st2 + e, n, &x1, &x2, &x3);
 #endif
             float d;
             const float np = lb_om_step(&k, lr_s, step_s, gscale, p, g, &x1, &x2, &x3, &d);
@@ -363,13 +335,7 @@ lb_optim(__global uchar *param, ulong p_off, __global const uchar *grad, ulong g
             s2[j] = x2;
             s3[j] = x3;
 #if !LB_BITS8
-            lb_stf(state, st1 + e, x1);
-#if LB_TWO
-            lb_stf(state, st2 + e, x2);
-#endif
-#if LB_THREE
-            lb_stf(state, st1 + n + e, x3);
-#endif
+            lb_st3f(state, st1 + e, st2 + e, n, x1, x2, x3);
 #endif
 #endif /* LB_PASS == 3 */
 #endif /* LB_PASS == 2 */
@@ -392,21 +358,15 @@ lb_optim(__global uchar *param, ulong p_off, __global const uchar *grad, ulong g
         {
             /* every work-item read the old absmax before any is overwritten (the reductions barrier) */
             const float n1 = lb_requant(red, code1, 1, s1, state + st1, i0, cnt);
+            float n2 = 0.0f, n3 = 0.0f;
 #if LB_TWO
-            const float n2 = lb_requant(red, code2, 0, s2, state + st2, i0, cnt);
+            n2 = lb_requant(red, code2, 0, s2, state + st2, i0, cnt);
 #endif
 #if LB_THREE
-            const float n3 = lb_requant(red, code1, 1, s3, state + st1 + n, i0, cnt);
+            n3 = lb_requant(red, code1, 1, s3, state + st1 + n, i0, cnt);
 #endif
-            if (lid == 0) {
-                lb_stf(state, am1 + b, n1);
-#if LB_TWO
-                lb_stf(state, am2 + b, n2);
-#endif
-#if LB_THREE
-                lb_stf(state, am1 + nb + b, n3);
-#endif
-            }
+            if (lid == 0)
+                lb_st3f(state, am1 + b, am2 + b, nb, n1, n2, n3);
         }
 #endif
     }

@@ -2,7 +2,9 @@
  * quantize.cl -- blockwise quantization and dequantization (spec/bitsandbytes.md 1.1-1.7, 3.1-3.2).
  *
  * OpenCL C 1.2 baseline: fp16 only as storage (vload_half/vstore_half), bf16 as ushort, no subgroups.
- * The host (ocl_quant.c) compiles one program per variant with these macros:
+ * Every program starts with common.cl (element type, exact division, conversions, accumulators, the
+ * 8-bit code search; ocl_program.c prepends it).  The host (ocl_quant.c) compiles one program per variant
+ * with these macros:
  *
  *   LB_KERNEL   1 = lb_quantize, 2 = lb_dequantize, 3 = lb_absmax_sum
  *   LB_FORMAT   0 = 8-bit code table, 1 = NF4, 2 = FP4
@@ -22,15 +24,10 @@
  * Numerics must match the CPU reference bit for bit: no contraction of a*b+c into fma, correctly rounded
  * float32 division, every intermediate rounded to float32 where the spec says so.
  */
-#pragma OPENCL FP_CONTRACT OFF
 
 #if defined(__clang__) && defined(__x86_64__)
 /* CPU devices (PoCL): 16-wide vectors between inlined helpers trigger x86 ABI notes, irrelevant here */
 #pragma clang diagnostic ignored "-Wpsabi"
-#endif
-
-#if LB_FP64
-#pragma OPENCL EXTENSION cl_khr_fp64 : enable
 #endif
 
 #define LB_CAT_(a, b) a##b
@@ -65,121 +62,12 @@
 #define vstoreVH LB_CAT(vstore, LB_VH)
 #endif
 
-/* Element type in global memory.  `half` may only appear behind a pointer without cl_khr_fp16. */
-#if LB_DTYPE == 0
-#define LB_ELEM float
-#elif LB_DTYPE == 1
-#define LB_ELEM half
-#else
-#define LB_ELEM ushort
-#endif
-
-/* ---- correctly rounded float32 division ------------------------------------------------------------- */
-
-#if LB_CRDIV
-#define LB_DIV(a, b) ((a) / (b))
-#elif LB_FP64
-/* A float quotient computed in double and rounded once more is still correctly rounded (53 >= 2*24+2). */
-#define LB_DIV(a, b) ((float)((double)(a) / (double)(b)))
-#else
-/* Neither correctly rounded division nor double: start from the (<= 2.5 ulp) quotient and walk to the
- * float whose residual a - b*q, exact through fma near the quotient, is smallest.  A quotient of two
- * floats can never lie exactly halfway between two floats, so there are no ties.  Results in the
- * subnormal range may be off by one ulp. */
-inline float lb_div_cr(float a, float b)
-{
-    float q = a / b;
-    if (!isfinite(q) || q == 0.0f)
-        return q;
-    float r = fabs(fma(-b, q, a));
-    for (int k = 0; k < 4; k++) {
-        float up = nextafter(q, INFINITY), dn = nextafter(q, -INFINITY);
-        float ru = fabs(fma(-b, up, a)), rd = fabs(fma(-b, dn, a));
-        if (ru < r && ru <= rd) {
-            q = up;
-            r = ru;
-        } else if (rd < r) {
-            q = dn;
-            r = rd;
-        } else {
-            break;
-        }
-    }
-    return q;
-}
-#define LB_DIV(a, b) lb_div_cr((a), (b))
-#endif
-
-/* ---- conversions ---------------------------------------------------------------------------------- */
-
-inline float lb_bf16_to_f32(ushort u)
-{
-    return as_float((uint)u << 16);
-}
-
-/* Round to nearest even (a carry into the exponent rounds up to inf); NaN becomes the canonical quiet NaN
- * of its sign, as the CPU backend (lib/half.h) does. */
-inline ushort lb_f32_to_bf16(float f)
-{
-    uint u = as_uint(f);
-    if (isnan(f))
-        return (ushort)(((u >> 16) & 0x8000u) | 0x7fc0u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (ushort)(u >> 16);
-}
-
-/* float32 -> binary16 bits with integer operations, exactly as lib/half.h: round to nearest even, overflow
- * to inf, subnormal results kept, NaN -> the canonical quiet NaN of its sign (0x7e00).  vstore_half_rte
- * leaves NaN payloads to the implementation and is emulated (slow) by some drivers. */
-inline ushort lb_f32_to_f16_rare(uint sign, uint a)
-{
-    const uint e = a >> 23;
-    const uint m = (a & 0x007fffffu) | 0x00800000u;
-    uint s = 126u - e; /* used only when e <= 112, so s >= 14; OpenCL masks larger shift counts */
-    s = s > 25u ? 25u : s;
-    const uint q = m >> s;
-    const uint rem = m & ((1u << s) - 1u);
-    const uint halfway = 1u << (s - 1u);
-    const uint sub = q + ((rem > halfway || (rem == halfway && (q & 1u))) ? 1u : 0u);
-    const uint mag = a > 0x7f800000u ? 0x7e00u : a >= 0x477ff000u ? 0x7c00u : sub;
-    return (ushort)(sign | mag);
-}
-
-inline ushort lb_f32_to_f16(float f)
-{
-    const uint u = as_uint(f);
-    const uint sign = (u >> 16) & 0x8000u;
-    const uint a = u & 0x7fffffffu;
-    /* normal result (2^-14 <= |f| < 65520): round the mantissa at bit 13, ties to even, rebias */
-    if (a - 0x38800000u < 0x477ff000u - 0x38800000u)
-        return (ushort)(sign | ((a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u) >> 13));
-    if (a == 0u) /* frequent (NF4 code 7 is 0.0): keep it off the slow path */
-        return (ushort)sign;
-    return lb_f32_to_f16_rare(sign, a); /* subnormal, overflow, inf, NaN */
-}
-
-/* ---- the mean of absmax: accumulator type ---------------------------------------------------------- */
+/* ---- the mean of absmax: accumulation of floats (LB_ACC of common.cl) ------------------------------ */
 
 #if LB_FP64
-#define LB_ACC double
-#define LB_ACC_ZERO 0.0
-#define LB_ACC_ADD(s, x) ((s) + (x))
 #define LB_ACC_ADDF(s, f) ((s) + (double)(f))
 #define LB_ACC_MEAN(s, n) ((float)((s) / (double)(n)))
 #else
-/* Double-float (hi, lo) with error-free additions: deterministic, about 48 bits. */
-#define LB_ACC float2
-#define LB_ACC_ZERO ((float2)(0.0f, 0.0f))
-inline float2 lb_ff_add(float2 a, float2 b)
-{
-    float s = a.x + b.x;
-    float bb = s - a.x;
-    float e = (a.x - (s - bb)) + (b.x - bb);
-    e = e + (a.y + b.y);
-    float hi = s + e;
-    return (float2)(hi, e - (hi - s));
-}
-#define LB_ACC_ADD(s, x) lb_ff_add((s), (x))
 #define LB_ACC_ADDF(s, f) lb_ff_add((s), (float2)((f), 0.0f))
 #define LB_ACC_MEAN(s, n) (((s).x + (s).y) / (float)(n))
 #endif
@@ -213,33 +101,6 @@ inline void lb_copy_table(__local float *dst, __global const float *src, uint co
 #if LB_KERNEL == 1 /* quantize */
 
 /* ---- element -> index rules ----------------------------------------------------------------------- */
-
-/* bitsandbytes' binary search (spec 1.5), literally: nearest code by float32 midpoints, ties to the
- * even index, clamping at the ends, NaN -> 0. */
-inline uint lb_q8(__local const float *code, float y)
-{
-    int pivot = 127, lo_i = 0, hi_i = 255;
-    float lo = -1.0f, hi = 1.0f, v = code[127];
-    for (int step = 64; step > 0; step >>= 1) {
-        if (y > v) {
-            lo_i = pivot;
-            lo = v;
-            pivot += step;
-        } else {
-            hi_i = pivot;
-            hi = v;
-            pivot -= step;
-        }
-        v = code[pivot];
-    }
-    if (hi_i == 255)
-        hi = code[255];
-    if (lo_i == 0)
-        lo = code[0];
-    if (y > v)
-        return (y > (hi + v) * 0.5f) ? (uint)hi_i : (uint)pivot;
-    return (y < (lo + v) * 0.5f) ? (uint)lo_i : (uint)pivot;
-}
 
 /* NF4 (spec 1.6): the number of thresholds strictly below y (so NaN -> 0), as a branch-free 4-level
  * binary search: each level compares with the threshold the code bits found so far select. */

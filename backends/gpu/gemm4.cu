@@ -47,8 +47,6 @@
 #include <cublas_v2.h>
 #endif
 
-enum { LBG_GF32 = 0, LBG_GF16 = 1, LBG_GBF16 = 2 };
-
 typedef struct lbg_g4params {
     const void *x;          /* x [M, K] (forward) or dy [M, N] (input gradient), dtype */
     void *y;                /* y [M, N] or dx [M, K], dtype */
@@ -65,32 +63,15 @@ typedef struct lbg_g4params {
     float ncode[256];
 } lbg_g4params;
 
+/* The float32 value of the bits of one element (16-bit types: the low half), for the vector path's words. */
 template <int DT> __device__ __forceinline__ float lbg_gdec(uint32_t raw)
 {
-    if constexpr (DT == LBG_GF32)
+    if constexpr (DT == LBG_DT_F32)
         return __uint_as_float(raw);
-    else if constexpr (DT == LBG_GF16)
+    else if constexpr (DT == LBG_DT_F16)
         return lbgpu_f16_to_f32((uint16_t)raw);
     else
         return lbgpu_bf16_to_f32((uint16_t)raw);
-}
-
-template <int DT> __device__ __forceinline__ float lbg_gload(const void *p, int64_t i, bool ua)
-{
-    if constexpr (DT == LBG_GF32)
-        return __uint_as_float(lbg_ld32(p, i, ua));
-    else
-        return lbg_gdec<DT>(lbg_ld16(p, i, ua));
-}
-
-template <int DT> __device__ __forceinline__ void lbg_gstore(void *p, int64_t i, float v, bool ua)
-{
-    if constexpr (DT == LBG_GF32)
-        lbg_st32(p, i, __float_as_uint(v), ua);
-    else if constexpr (DT == LBG_GF16)
-        lbg_st16(p, i, lbgpu_f32_to_f16(v), ua);
-    else
-        lbg_st16(p, i, lbgpu_f32_to_bf16(v), ua);
 }
 
 /* absmax_j (nested: two separately rounded operations). */
@@ -109,6 +90,19 @@ __device__ __forceinline__ int lbg_gnib(const uint8_t *data, int64_t e)
     return (int)((e & 1) ? (b & 15u) : (b >> 4));
 }
 
+/* Copies the code tables to shared memory (every thread of the CTA takes part: a barrier) and returns the
+ * nested absmax offset (0 when not nested). */
+__device__ __forceinline__ float lbg_gtables(const lbg_g4params &p, float *code, float *ncode)
+{
+    for (int i = (int)threadIdx.x; i < 256; i += (int)blockDim.x) {
+        if (i < 16)
+            code[i] = p.code[i];
+        ncode[i] = p.ncode[i];
+    }
+    __syncthreads();
+    return p.nested ? __uint_as_float(lbg_ld32(p.offset, 0, p.ua != 0)) : 0.0f;
+}
+
 /* ---- forward GEMV: one warp per (m, n) -------------------------------------------------------------- */
 
 template <int DT, int VEC>
@@ -116,13 +110,7 @@ __global__ void __launch_bounds__(1024) lbg_gemv4_kernel(const lbg_g4params p)
 {
     __shared__ float code[16];
     __shared__ float ncode[256];
-    for (int i = (int)threadIdx.x; i < 256; i += (int)blockDim.x) {
-        if (i < 16)
-            code[i] = p.code[i];
-        ncode[i] = p.ncode[i];
-    }
-    __syncthreads();
-    const float off = p.nested ? __uint_as_float(lbg_ld32(p.offset, 0, p.ua != 0)) : 0.0f;
+    const float off = lbg_gtables(p, code, ncode);
     const int wpb = (int)(blockDim.x / LBGPU_WARP);
     const int lane = lbgpu_lane();
     const int64_t n = (int64_t)blockIdx.x * wpb + (int64_t)(threadIdx.x / LBGPU_WARP);
@@ -141,8 +129,8 @@ __global__ void __launch_bounds__(1024) lbg_gemv4_kernel(const lbg_g4params p)
                 const float am = lbg_gabsmax(p, ncode, off, e0 >> p.log2b);
                 const uint32_t words[4] = {wq.x, wq.y, wq.z, wq.w};
                 float xv[32];
-                const char *xrow = static_cast<const char *>(p.x) + (m * K + (c << 5)) * (DT == LBG_GF32 ? 4 : 2);
-                if constexpr (DT == LBG_GF32) {
+                const char *xrow = static_cast<const char *>(p.x) + (m * K + (c << 5)) * (DT == LBG_DT_F32 ? 4 : 2);
+                if constexpr (DT == LBG_DT_F32) {
 #pragma unroll
                     for (int v = 0; v < 8; ++v) {
                         const float4 f = reinterpret_cast<const float4 *>(xrow)[v];
@@ -189,7 +177,7 @@ __global__ void __launch_bounds__(1024) lbg_gemv4_kernel(const lbg_g4params p)
                     jcur = j;
                 }
                 const float w = lb_mul(code[lbg_gnib(p.data, e)], am);
-                r = fmaf(lbg_gload<DT>(p.x, m * K + k, p.ua != 0), w, r);
+                r = fmaf(lbg_load_elem<DT>(p.x, m * K + k, p.ua != 0), w, r);
             }
         }
 #pragma unroll
@@ -197,8 +185,8 @@ __global__ void __launch_bounds__(1024) lbg_gemv4_kernel(const lbg_g4params p)
             r = lb_add(r, lbgpu_shfl_xor(r, o));
         if (rowok && lane == 0) {
             if (p.bias != NULL)
-                r = lb_add(r, lbg_gload<DT>(p.bias, n, p.ua != 0));
-            lbg_gstore<DT>(p.y, m * p.N + n, r, p.ua != 0);
+                r = lb_add(r, lbg_load_elem<DT>(p.bias, n, p.ua != 0));
+            lbg_store_elem<DT>(p.y, m * p.N + n, r, p.ua != 0);
         }
     }
 }
@@ -210,13 +198,7 @@ __global__ void __launch_bounds__(256) lbg_g4grad_kernel(const lbg_g4params p)
 {
     __shared__ float code[16];
     __shared__ float ncode[256];
-    for (int i = (int)threadIdx.x; i < 256; i += (int)blockDim.x) {
-        if (i < 16)
-            code[i] = p.code[i];
-        ncode[i] = p.ncode[i];
-    }
-    __syncthreads();
-    const float off = p.nested ? __uint_as_float(lbg_ld32(p.offset, 0, p.ua != 0)) : 0.0f;
+    const float off = lbg_gtables(p, code, ncode);
     const int64_t K = p.K, N = p.N;
     const int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (k >= K)
@@ -226,9 +208,9 @@ __global__ void __launch_bounds__(256) lbg_g4grad_kernel(const lbg_g4params p)
         for (int64_t n = 0; n < N; n++) {
             const int64_t e = n * K + k;
             const float w = lb_mul(code[lbg_gnib(p.data, e)], lbg_gabsmax(p, ncode, off, e >> p.log2b));
-            s = fmaf(lbg_gload<DT>(p.x, m * N + n, p.ua != 0), w, s);
+            s = fmaf(lbg_load_elem<DT>(p.x, m * N + n, p.ua != 0), w, s);
         }
-        lbg_gstore<DT>(p.y, m * K + k, s, p.ua != 0);
+        lbg_store_elem<DT>(p.y, m * K + k, s, p.ua != 0);
     }
 }
 
@@ -239,7 +221,7 @@ template <int DT>
 __global__ void __launch_bounds__(256) lbg_gto_f32_kernel(const void *src, float *dst, int64_t n, int ua)
 {
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        dst[i] = lbg_gload<DT>(src, i, ua != 0);
+        dst[i] = lbg_load_elem<DT>(src, i, ua != 0);
 }
 
 /* out[m, c] = dtype(acc[m, c] + bias[c]) (bias may be NULL) */
@@ -251,50 +233,14 @@ __global__ void __launch_bounds__(256) lbg_gepilogue_kernel(const float *acc, co
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float r = acc[i];
         if (bias != NULL)
-            r = lb_add(r, lbg_gload<DT>(bias, i % cols, ua != 0));
-        lbg_gstore<DT>(out, i, r, ua != 0);
+            r = lb_add(r, lbg_load_elem<DT>(bias, i % cols, ua != 0));
+        lbg_store_elem<DT>(out, i, r, ua != 0);
     }
 }
 
 /* ---- host ---------------------------------------------------------------------------------------------- */
 
-static int lbg_glog2(int64_t v)
-{
-    int l = 0;
-    while (((int64_t)1 << l) < v)
-        l++;
-    return l;
-}
-
-static int lbg_gpow2(int64_t v)
-{
-    return v > 0 && (v & (v - 1)) == 0;
-}
-
-static int lbg_galigned(const void *p, size_t a)
-{
-    return ((uintptr_t)p & (a - 1)) == 0;
-}
-
-static int64_t lbg_gtune(const lb_launch_t *l, const char *key, int64_t dflt, int64_t lo, int64_t hi)
-{
-    int64_t v = lbg_host->tune_get(l->ctx, key, dflt);
-    if (v < lo || v > hi) {
-        lbg_host->log(LB_LOG_WARN, "%s: tuning parameter %s = %lld is outside [%lld, %lld]; using %lld", LBGPU_NAME,
-                      key, (long long)v, (long long)lo, (long long)hi, (long long)dflt);
-        v = dflt;
-    }
-    return v;
-}
-
 #if defined(LBGPU_CUDA)
-static unsigned lbg_ggrid(const lbg_ctx_t *c, int64_t n, int threads)
-{
-    int64_t need = (n + threads - 1) / threads, cap = (int64_t)c->sm_count * 8;
-    need = need < cap ? need : cap;
-    return (unsigned)(need > 0 ? need : 1);
-}
-
 static const char *lbg_cublas_name(cublasStatus_t s)
 {
     switch (s) {
@@ -359,35 +305,30 @@ typedef void (*lbg_gepi_t)(const float *, const void *, void *, int64_t, int64_t
 
 static lbg_g4kernel_t lbg_gemv_k(int dt, int vec)
 {
-    if (dt == LBG_GF32)
-        return vec ? lbg_gemv4_kernel<LBG_GF32, 1> : lbg_gemv4_kernel<LBG_GF32, 0>;
-    if (dt == LBG_GF16)
-        return vec ? lbg_gemv4_kernel<LBG_GF16, 1> : lbg_gemv4_kernel<LBG_GF16, 0>;
-    return vec ? lbg_gemv4_kernel<LBG_GBF16, 1> : lbg_gemv4_kernel<LBG_GBF16, 0>;
+    if (dt == LBG_DT_F32)
+        return vec ? lbg_gemv4_kernel<LBG_DT_F32, 1> : lbg_gemv4_kernel<LBG_DT_F32, 0>;
+    if (dt == LBG_DT_F16)
+        return vec ? lbg_gemv4_kernel<LBG_DT_F16, 1> : lbg_gemv4_kernel<LBG_DT_F16, 0>;
+    return vec ? lbg_gemv4_kernel<LBG_DT_BF16, 1> : lbg_gemv4_kernel<LBG_DT_BF16, 0>;
 }
 
 static lbg_g4kernel_t lbg_grad_k(int dt)
 {
-    return dt == LBG_GF32 ? lbg_g4grad_kernel<LBG_GF32> : dt == LBG_GF16 ? lbg_g4grad_kernel<LBG_GF16>
-                                                                         : lbg_g4grad_kernel<LBG_GBF16>;
+    return dt == LBG_DT_F32 ? lbg_g4grad_kernel<LBG_DT_F32> : dt == LBG_DT_F16 ? lbg_g4grad_kernel<LBG_DT_F16>
+                                                                               : lbg_g4grad_kernel<LBG_DT_BF16>;
 }
 
 #if defined(LBGPU_CUDA)
 static lbg_gconv_t lbg_conv_k(int dt)
 {
-    return dt == LBG_GF32 ? lbg_gto_f32_kernel<LBG_GF32> : dt == LBG_GF16 ? lbg_gto_f32_kernel<LBG_GF16>
-                                                                          : lbg_gto_f32_kernel<LBG_GBF16>;
+    return dt == LBG_DT_F32 ? lbg_gto_f32_kernel<LBG_DT_F32> : dt == LBG_DT_F16 ? lbg_gto_f32_kernel<LBG_DT_F16>
+                                                                                : lbg_gto_f32_kernel<LBG_DT_BF16>;
 }
 
 static lbg_gepi_t lbg_epi_k(int dt)
 {
-    return dt == LBG_GF32 ? lbg_gepilogue_kernel<LBG_GF32> : dt == LBG_GF16 ? lbg_gepilogue_kernel<LBG_GF16>
-                                                                            : lbg_gepilogue_kernel<LBG_GBF16>;
-}
-
-static size_t lbg_gpad(size_t b)
-{
-    return (b + 255) & ~(size_t)255;
+    return dt == LBG_DT_F32 ? lbg_gepilogue_kernel<LBG_DT_F32> : dt == LBG_DT_F16 ? lbg_gepilogue_kernel<LBG_DT_F16>
+                                                                                  : lbg_gepilogue_kernel<LBG_DT_BF16>;
 }
 
 /* The large-M path: float32 temporaries and one cublasGemmEx (see the header). */
@@ -399,14 +340,14 @@ static lowbit_status_t lbg_gemm4_cublas(const lb_launch_t *l, const lb_gemm4_arg
     const int64_t in_cols = a->grad_input ? N : K, out_cols = a->grad_input ? K : N;
     if (M > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
         return lbg_host->error(LOWBIT_ERR_TOO_LARGE, "%s: gemm_4bit: dimensions beyond cuBLAS' int range", LBGPU_NAME);
-    const int ua = !lbg_is_aligned(LB_PTR(&a->x), dt == LBG_GF32 ? 4 : 2) ||
-                   !lbg_is_aligned(LB_PTR(&a->y), dt == LBG_GF32 ? 4 : 2) ||
-                   (a->has_bias && !a->grad_input && !lbg_is_aligned(LB_PTR(&a->bias), dt == LBG_GF32 ? 4 : 2));
-    const int direct_in = dt == LBG_GF32 && lbg_is_aligned(LB_PTR(&a->x), 4);
-    const int direct_out = dt == LBG_GF32 && !(a->has_bias && !a->grad_input) && lbg_is_aligned(LB_PTR(&a->y), 4);
-    const size_t wb = lbg_gpad((size_t)N * (size_t)K * 4);
-    const size_t xb = direct_in ? 0 : lbg_gpad((size_t)M * (size_t)in_cols * 4);
-    const size_t yb = direct_out ? 0 : lbg_gpad((size_t)M * (size_t)out_cols * 4);
+    const int ua = !lbg_is_aligned(LB_PTR(&a->x), dt == LBG_DT_F32 ? 4 : 2) ||
+                   !lbg_is_aligned(LB_PTR(&a->y), dt == LBG_DT_F32 ? 4 : 2) ||
+                   (a->has_bias && !a->grad_input && !lbg_is_aligned(LB_PTR(&a->bias), dt == LBG_DT_F32 ? 4 : 2));
+    const int direct_in = dt == LBG_DT_F32 && lbg_is_aligned(LB_PTR(&a->x), 4);
+    const int direct_out = dt == LBG_DT_F32 && !(a->has_bias && !a->grad_input) && lbg_is_aligned(LB_PTR(&a->y), 4);
+    const size_t wb = lbg_pad256((size_t)N * (size_t)K * 4);
+    const size_t xb = direct_in ? 0 : lbg_pad256((size_t)M * (size_t)in_cols * 4);
+    const size_t yb = direct_out ? 0 : lbg_pad256((size_t)M * (size_t)out_cols * 4);
     void *scr = NULL;
     lowbit_status_t ret = lbg_scratch(st, wb + xb + yb, &scr);
     if (ret != LOWBIT_SUCCESS)
@@ -424,7 +365,7 @@ static lowbit_status_t lbg_gemm4_cublas(const lb_launch_t *l, const lb_gemm4_arg
     if (!direct_in) {
         const int64_t cnt = M * in_cols;
         (void)lbgpuGetLastError();
-        lbg_conv_k(dt)<<<lbg_ggrid(c, cnt, 256), 256, 0, st->s>>>(LB_PTR(&a->x), xf, cnt, ua);
+        lbg_conv_k(dt)<<<lbg_grid(c, cnt, 256, 8), 256, 0, st->s>>>(LB_PTR(&a->x), xf, cnt, ua);
         if ((ret = lbg_check_launch("gemm_4bit conversion kernel")) != LOWBIT_SUCCESS)
             return ret;
     }
@@ -447,7 +388,7 @@ static lowbit_status_t lbg_gemm4_cublas(const lb_launch_t *l, const lb_gemm4_arg
     if (!direct_out) {
         const int64_t cnt = M * out_cols;
         (void)lbgpuGetLastError();
-        lbg_epi_k(dt)<<<lbg_ggrid(c, cnt, 256), 256, 0, st->s>>>(yf, a->has_bias && !a->grad_input ? LB_PTR(&a->bias)
+        lbg_epi_k(dt)<<<lbg_grid(c, cnt, 256, 8), 256, 0, st->s>>>(yf, a->has_bias && !a->grad_input ? LB_PTR(&a->bias)
                                                                                                   : NULL,
                                                                  LB_PTR(&a->y), M, out_cols, ua);
         if ((ret = lbg_check_launch("gemm_4bit epilogue kernel")) != LOWBIT_SUCCESS)
@@ -466,22 +407,22 @@ lowbit_status_t lbg_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a)
         return LOWBIT_SUCCESS;
     if (a->dtype != LOWBIT_F32 && a->dtype != LOWBIT_F16 && a->dtype != LOWBIT_BF16)
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: gemm_4bit: dtype %d", LBGPU_NAME, (int)a->dtype);
-    const int dt = a->dtype == LOWBIT_F32 ? LBG_GF32 : a->dtype == LOWBIT_F16 ? LBG_GF16 : LBG_GBF16;
-    const size_t es = dt == LBG_GF32 ? 4 : 2;
+    const int dt = a->dtype == LOWBIT_F32 ? LBG_DT_F32 : a->dtype == LOWBIT_F16 ? LBG_DT_F16 : LBG_DT_BF16;
+    const size_t es = dt == LBG_DT_F32 ? 4 : 2;
     const int nested = W->nested_blocksize > 0;
-    if (!lbg_gpow2(W->blocksize) || (nested && !lbg_gpow2(W->nested_blocksize)))
+    if (!lbg_pow2(W->blocksize) || (nested && !lbg_pow2(W->nested_blocksize)))
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: gemm_4bit: block sizes %d / %d are not powers of two",
                                LBGPU_NAME, W->blocksize, W->nested_blocksize);
-    const int absmax_aligned = nested ? lbg_galigned(LB_PTR(&W->nested_absmax), 4) &&
-                                            lbg_galigned(LB_PTR(&W->nested_offset), 4)
-                                      : lbg_galigned(LB_PTR(&W->absmax), 4);
-    const int ua = !lbg_galigned(LB_PTR(&a->x), es) || !lbg_galigned(LB_PTR(&a->y), es) ||
-                   (a->has_bias && !a->grad_input && !lbg_galigned(LB_PTR(&a->bias), es)) || !absmax_aligned;
+    const int absmax_aligned = nested ? lbg_is_aligned(LB_PTR(&W->nested_absmax), 4) &&
+                                            lbg_is_aligned(LB_PTR(&W->nested_offset), 4)
+                                      : lbg_is_aligned(LB_PTR(&W->absmax), 4);
+    const int ua = !lbg_is_aligned(LB_PTR(&a->x), es) || !lbg_is_aligned(LB_PTR(&a->y), es) ||
+                   (a->has_bias && !a->grad_input && !lbg_is_aligned(LB_PTR(&a->bias), es)) || !absmax_aligned;
 
 #if defined(LBGPU_CUDA)
     /* quant.cu's dequantize (used by the cuBLAS path) refuses unaligned absmax arrays and block sizes below
      * its vector width: the kernels take those */
-    const int64_t cublas_min_m = lbg_gtune(l, "gemm4.cublas_min_m", 16, 2, INT64_C(1) << 40);
+    const int64_t cublas_min_m = lbg_tune_get(l, "gemm4.cublas_min_m", 16, 2, INT64_C(1) << 40);
     if (a->M >= cublas_min_m && absmax_aligned && W->blocksize >= 16)
         return lbg_gemm4_cublas(l, a, dt);
 #endif
@@ -496,7 +437,7 @@ lowbit_status_t lbg_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a)
     p->M = a->M;
     p->N = a->N;
     p->K = a->K;
-    p->log2b = lbg_glog2(W->blocksize);
+    p->log2b = lbg_log2(W->blocksize);
     p->nested = nested;
     p->ua = ua;
     memcpy(p->code, W->code, sizeof p->code);
@@ -504,7 +445,7 @@ lowbit_status_t lbg_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a)
         p->qabsmax = (const uint8_t *)LB_PTR(&W->absmax);
         p->absmax2 = (const float *)LB_PTR(&W->nested_absmax);
         p->offset = (const float *)LB_PTR(&W->nested_offset);
-        p->log2nbs = lbg_glog2(W->nested_blocksize);
+        p->log2nbs = lbg_log2(W->nested_blocksize);
         memcpy(p->ncode, W->nested_code, sizeof p->ncode);
     } else {
         p->absmax = (const float *)LB_PTR(&W->absmax);
@@ -513,12 +454,12 @@ lowbit_status_t lbg_gemm_4bit(const lb_launch_t *l, const lb_gemm4_args_t *a)
     lowbit_status_t ret;
     (void)lbgpuGetLastError();
     if (!a->grad_input) {
-        int wpb = (int)lbg_gtune(l, "gemm4.gemv.warps_per_cta", 4, 1, 32);
+        int wpb = (int)lbg_tune_get(l, "gemm4.gemv.warps_per_cta", 4, 1, 32);
         if (wpb * c->warp > c->max_threads)
             wpb = c->max_threads / c->warp;
-        /* the vector path reads x with 16-byte loads and writes through lbg_gstore (any alignment) */
-        const int vec = (a->K % 32) == 0 && W->blocksize >= 32 && lbg_galigned(p->data, 16) &&
-                        lbg_galigned(p->x, 16);
+        /* the vector path reads x with 16-byte loads and writes through lbg_store_elem (any alignment) */
+        const int vec = (a->K % 32) == 0 && W->blocksize >= 32 && lbg_is_aligned(p->data, 16) &&
+                        lbg_is_aligned(p->x, 16);
         const int64_t gx = (a->N + wpb - 1) / wpb;
         if (gx > INT32_MAX) {
             free(p);

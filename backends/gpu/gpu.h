@@ -1,5 +1,6 @@
 /*
- * gpu.h -- what the host glue (module.cu) and the kernels' launchers (quant.cu) share inside one GPU module.
+ * gpu.h -- what the host glue (module.cu) and the kernels' launchers (quant.cu, optim.cu, gemm4.cu, int8.cu)
+ * share inside one GPU module.
  * Compiled into lowbit-cuda.so by nvcc and into lowbit-hip.so by hipcc; nothing here is exported.
  */
 #ifndef LOWBIT_GPU_GPU_H
@@ -123,11 +124,83 @@ __device__ __forceinline__ void lbg_st16(void *p, int64_t i, uint32_t v, bool ua
     b[1] = (uint8_t)(v >> 8);
 }
 
+/* Element types of user tensors, as the kernels' template arguments. */
+enum { LBG_DT_F32 = 0, LBG_DT_F16 = 1, LBG_DT_BF16 = 2 };
+
+/* Element i of a user tensor of type DT as float32, at any alignment (ua above). */
+template <int DT> __device__ __forceinline__ float lbg_load_elem(const void *p, int64_t i, bool ua)
+{
+    if constexpr (DT == LBG_DT_F32)
+        return __uint_as_float(lbg_ld32(p, i, ua));
+    else if constexpr (DT == LBG_DT_F16)
+        return lbgpu_f16_to_f32((uint16_t)lbg_ld16(p, i, ua));
+    else
+        return lbgpu_bf16_to_f32((uint16_t)lbg_ld16(p, i, ua));
+}
+
+/* v rounded once to DT (nearest even, as the CPU) and stored as element i. */
+template <int DT> __device__ __forceinline__ void lbg_store_elem(void *p, int64_t i, float v, bool ua)
+{
+    if constexpr (DT == LBG_DT_F32)
+        lbg_st32(p, i, __float_as_uint(v), ua);
+    else if constexpr (DT == LBG_DT_F16)
+        lbg_st16(p, i, lbgpu_f32_to_f16(v), ua);
+    else
+        lbg_st16(p, i, lbgpu_f32_to_bf16(v), ua);
+}
+
+/* float32 element i (state, statistics, absmax) at any alignment. */
+__device__ __forceinline__ float lbg_ldf(const void *p, int64_t i, bool ua)
+{
+    return __uint_as_float(lbg_ld32(p, i, ua));
+}
+
+__device__ __forceinline__ void lbg_stf(void *p, int64_t i, float v, bool ua)
+{
+    lbg_st32(p, i, __float_as_uint(v), ua);
+}
+
+/* ---- host helpers of the launchers ---- */
+
 /* Whether p is aligned to a (a power of two). */
 static inline int lbg_is_aligned(const void *p, size_t a)
 {
     return ((uintptr_t)p & (a - 1)) == 0;
 }
+
+/* Block sizes must be powers of two: the kernels shift (lbg_log2) instead of dividing. */
+static inline int lbg_pow2(int64_t v)
+{
+    return v > 0 && (v & (v - 1)) == 0;
+}
+
+/* The smallest k with 2^k >= v (capped at 62, so the shift stays defined). */
+static inline int lbg_log2(int64_t v)
+{
+    int k = 0;
+    while (k < 62 && ((int64_t)1 << k) < v)
+        k++;
+    return k;
+}
+
+/* A grid for `units` of work at per_cta units per CTA, capped at ctas_per_sm CTAs per multiprocessor (the
+ * kernels loop over the rest), never empty. */
+static inline unsigned lbg_grid(const lbg_ctx_t *c, int64_t units, int per_cta, int ctas_per_sm)
+{
+    int64_t need = (units + per_cta - 1) / per_cta, cap = (int64_t)c->sm_count * ctas_per_sm;
+    need = need < cap ? need : cap;
+    return (unsigned)(need > 0 ? need : 1);
+}
+
+/* b rounded up to 256 bytes: pieces carved from stream scratch keep the alignment the BLAS libraries want. */
+static inline size_t lbg_pad256(size_t b)
+{
+    return (b + 255) & ~(size_t)255;
+}
+
+/* The tuning parameter `key` (module.cu): out of [lo, hi], the default with a warning, so a bad tuning file
+ * cannot produce an invalid launch. */
+LBG_HIDDEN int64_t lbg_tune_get(const lb_launch_t *l, const char *key, int64_t dflt, int64_t lo, int64_t hi);
 
 /* optim.cu */
 LBG_HIDDEN lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *a);

@@ -41,34 +41,6 @@
 #define LBG_I8_INV_16129 6.200012e-05f       /* fl32(1/16129) = 0x38820610 */
 #define LBG_I8_INV_127 7.874015718698502e-3f /* fl32(1/127) */
 
-enum { LBG_IF32 = 0, LBG_IF16 = 1, LBG_IBF16 = 2 };
-
-/* Element access to user memory at any alignment (ua: gpu.h). */
-template <int DT> __device__ __forceinline__ float lbg_iload(const void *p, int64_t i, bool ua)
-{
-    if constexpr (DT == LBG_IF32)
-        return __uint_as_float(lbg_ld32(p, i, ua));
-    else if constexpr (DT == LBG_IF16)
-        return lbgpu_f16_to_f32((uint16_t)lbg_ld16(p, i, ua));
-    else
-        return lbgpu_bf16_to_f32((uint16_t)lbg_ld16(p, i, ua));
-}
-
-template <int DT> __device__ __forceinline__ void lbg_istore(void *p, int64_t i, float v, bool ua)
-{
-    if constexpr (DT == LBG_IF32)
-        lbg_st32(p, i, __float_as_uint(v), ua);
-    else if constexpr (DT == LBG_IF16)
-        lbg_st16(p, i, lbgpu_f32_to_f16(v), ua);
-    else
-        lbg_st16(p, i, lbgpu_f32_to_bf16(v), ua);
-}
-
-__device__ __forceinline__ float lbg_ildf(const float *p, int64_t i, bool ua)
-{
-    return __uint_as_float(lbg_ld32(p, i, ua));
-}
-
 /* Excluded from the statistics: NaN, or an outlier (thr > 0). */
 __device__ __forceinline__ bool lbg_iexcluded(float ax, float thr)
 {
@@ -107,7 +79,7 @@ __global__ void __launch_bounds__(256) lbg_i8_mark_kernel(const void *A, int64_t
 {
     const int64_t n = rows * cols;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-        if (fabsf(lbg_iload<DT>(A, i, ua != 0)) >= thr)
+        if (fabsf(lbg_load_elem<DT>(A, i, ua != 0)) >= thr)
             flags[i % cols] = 1; /* racing writes of the same value */
 }
 
@@ -121,7 +93,7 @@ __global__ void __launch_bounds__(256) lbg_i8_rows_kernel(const void *A, int64_t
         const int64_t base = r * cols;
         int m = 0; /* bits of max |x| (values >= 0: integer order is float order) */
         for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-            const float ax = fabsf(lbg_iload<DT>(A, base + c, ua != 0));
+            const float ax = fabsf(lbg_load_elem<DT>(A, base + c, ua != 0));
             const int b = (int)__float_as_uint(ax);
             if (!lbg_iexcluded(ax, thr) && b > m)
                 m = b;
@@ -145,7 +117,7 @@ __global__ void __launch_bounds__(256) lbg_i8_rows_kernel(const void *A, int64_t
         float pre, scale;
         lbg_iscale(stat, &pre, &scale);
         for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
-            const float x = lbg_iload<DT>(A, base + c, ua != 0);
+            const float x = lbg_load_elem<DT>(A, base + c, ua != 0);
             const bool out = (thr > 0.0f && fabsf(x) >= thr) || (flags != NULL && flags[c] != 0);
             q[base + c] = out ? (int8_t)0 : lbg_icode(lb_mul(lb_mul(x, pre), scale));
         }
@@ -196,7 +168,7 @@ __global__ void __launch_bounds__(256) lbg_i8_cols_kernel(const void *A, int64_t
     for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (int64_t)gridDim.x * blockDim.x) {
         float m = 0.0f;
         for (int64_t r = 0; r < rows; r++) {
-            const float ax = fabsf(lbg_iload<DT>(A, r * cols + c, ua != 0));
+            const float ax = fabsf(lbg_load_elem<DT>(A, r * cols + c, ua != 0));
             if (!lbg_iexcluded(ax, thr) && ax > m)
                 m = ax;
         }
@@ -205,7 +177,7 @@ __global__ void __launch_bounds__(256) lbg_i8_cols_kernel(const void *A, int64_t
         if (m > 0.0f)
             lbg_iscale(m, &pre, &scale);
         for (int64_t r = 0; r < rows; r++) {
-            const float x = lbg_iload<DT>(A, r * cols + c, ua != 0);
+            const float x = lbg_load_elem<DT>(A, r * cols + c, ua != 0);
             const bool zero = m == 0.0f || (thr > 0.0f && fabsf(x) >= thr);
             q[r * cols + c] = zero ? (int8_t)0 : lbg_icode(lb_mul(lb_mul(x, pre), scale));
         }
@@ -268,59 +240,29 @@ template <int DT> __global__ void __launch_bounds__(256) lbg_i8_deq_kernel(const
     const int nout = d.count != NULL ? *d.count : 0; /* count and list: our scratch (aligned) */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / d.N, c = i % d.N;
-        const float cs = lbg_ildf(d.cs, c, ua);
-        const float p = lb_mul(lb_mul((float)(int32_t)lbg_ld32(d.C, i, ua), lbg_ildf(d.rs, r, ua)), cs);
-        const float b = d.bias != NULL ? lbg_iload<DT>(d.bias, c, ua) : 0.0f;
+        const float cs = lbg_ldf(d.cs, c, ua);
+        const float p = lb_mul(lb_mul((float)(int32_t)lbg_ld32(d.C, i, ua), lbg_ldf(d.rs, r, ua)), cs);
+        const float b = d.bias != NULL ? lbg_load_elem<DT>(d.bias, c, ua) : 0.0f;
         float v = fmaf(p, LBG_I8_INV_16129, b);
         if (nout > 0) {
             float s = 0.0f;
             for (int j = 0; j < nout; j++) {
                 const int64_t col = d.list[j];
                 const float wd = lb_mul(lb_mul((float)d.CB[c * d.K + col], cs), LBG_I8_INV_127);
-                s = fmaf(lbg_iload<DT>(d.X, r * d.K + col, ua), wd, s);
+                s = fmaf(lbg_load_elem<DT>(d.X, r * d.K + col, ua), wd, s);
             }
             v = lb_add(v, s);
         }
-        lbg_istore<DT>(d.out, i, v, ua);
+        lbg_store_elem<DT>(d.out, i, v, ua);
     }
 }
 
 /* ---- host ---------------------------------------------------------------------------------------------- */
 
-static int lbg_ialigned(const void *p, size_t a)
-{
-    return ((uintptr_t)p & (a - 1)) == 0;
-}
-
 static int lbg_idt(lowbit_dtype_t d)
 {
-    return d == LOWBIT_F32 ? LBG_IF32 : d == LOWBIT_F16 ? LBG_IF16 : d == LOWBIT_BF16 ? LBG_IBF16 : -1;
+    return d == LOWBIT_F32 ? LBG_DT_F32 : d == LOWBIT_F16 ? LBG_DT_F16 : d == LOWBIT_BF16 ? LBG_DT_BF16 : -1;
 }
-
-static unsigned lbg_igrid(const lbg_ctx_t *c, int64_t units, int per_cta)
-{
-    int64_t need = (units + per_cta - 1) / per_cta, cap = (int64_t)c->sm_count * 16;
-    need = need < cap ? need : cap;
-    return (unsigned)(need > 0 ? need : 1);
-}
-
-static size_t lbg_ipad(size_t b)
-{
-    return (b + 255) & ~(size_t)255;
-}
-
-#if defined(LBGPU_CUDA)
-static int64_t lbg_itune(const lb_launch_t *l, const char *key, int64_t dflt, int64_t lo, int64_t hi)
-{
-    int64_t v = lbg_host->tune_get(l->ctx, key, dflt);
-    if (v < lo || v > hi) {
-        lbg_host->log(LB_LOG_WARN, "%s: tuning parameter %s = %lld is outside [%lld, %lld]; using %lld", LBGPU_NAME,
-                      key, (long long)v, (long long)lo, (long long)hi, (long long)dflt);
-        v = dflt;
-    }
-    return v;
-}
-#endif
 
 /* Row quantization into q / stats; flags: K ints of scratch (thr > 0) or NULL. */
 static lowbit_status_t lbg_i8_rows(const lb_launch_t *l, int dt, const void *A, int64_t rows, int64_t cols, float thr,
@@ -333,27 +275,27 @@ static lowbit_status_t lbg_i8_rows(const lb_launch_t *l, int dt, const void *A, 
         lbgpuError_t e = lbgpuMemsetAsync(flags, 0, (size_t)cols * sizeof(int), st->s);
         if (e != lbgpuSuccess)
             return lbg_fail(e, "MemsetAsync");
-        const unsigned g = lbg_igrid(c, rows * cols, 256);
+        const unsigned g = lbg_grid(c, rows * cols, 256, 16);
         (void)lbgpuGetLastError();
-        if (dt == LBG_IF32)
-            lbg_i8_mark_kernel<LBG_IF32><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
-        else if (dt == LBG_IF16)
-            lbg_i8_mark_kernel<LBG_IF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
+        if (dt == LBG_DT_F32)
+            lbg_i8_mark_kernel<LBG_DT_F32><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
+        else if (dt == LBG_DT_F16)
+            lbg_i8_mark_kernel<LBG_DT_F16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
         else
-            lbg_i8_mark_kernel<LBG_IBF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
+            lbg_i8_mark_kernel<LBG_DT_BF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, ua);
         if ((ret = lbg_check_launch("int8 outlier-column kernel")) != LOWBIT_SUCCESS)
             return ret;
     } else {
         flags = NULL;
     }
-    const unsigned g = lbg_igrid(c, rows, 1);
+    const unsigned g = lbg_grid(c, rows, 1, 16);
     (void)lbgpuGetLastError();
-    if (dt == LBG_IF32)
-        lbg_i8_rows_kernel<LBG_IF32><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
-    else if (dt == LBG_IF16)
-        lbg_i8_rows_kernel<LBG_IF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
+    if (dt == LBG_DT_F32)
+        lbg_i8_rows_kernel<LBG_DT_F32><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
+    else if (dt == LBG_DT_F16)
+        lbg_i8_rows_kernel<LBG_DT_F16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
     else
-        lbg_i8_rows_kernel<LBG_IBF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
+        lbg_i8_rows_kernel<LBG_DT_BF16><<<g, 256, 0, st->s>>>(A, rows, cols, thr, flags, q, stats, ua);
     return lbg_check_launch("int8 row quantization kernel");
 }
 
@@ -365,10 +307,10 @@ lowbit_status_t lbg_int8_quantize_rows(const lb_launch_t *l, const lb_int8_quant
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: int8_quantize_rows: dtype %d", LBGPU_NAME, (int)a->dtype);
     if (a->rows <= 0 || a->cols <= 0)
         return LOWBIT_SUCCESS;
-    const size_t es = dt == LBG_IF32 ? 4 : 2;
-    const int ua = !lbg_ialigned(LB_PTR(&a->A), es) || !lbg_ialigned(LB_PTR(&a->stats), 4) ||
+    const size_t es = dt == LBG_DT_F32 ? 4 : 2;
+    const int ua = !lbg_is_aligned(LB_PTR(&a->A), es) || !lbg_is_aligned(LB_PTR(&a->stats), 4) ||
                    (a->has_outliers &&
-                    (!lbg_ialigned(LB_PTR(&a->outlier_cols), 4) || !lbg_ialigned(LB_PTR(&a->outlier_count), 4)));
+                    (!lbg_is_aligned(LB_PTR(&a->outlier_cols), 4) || !lbg_is_aligned(LB_PTR(&a->outlier_count), 4)));
     int *flags = NULL;
     lowbit_status_t ret;
     if (a->threshold > 0.0f) {
@@ -397,19 +339,19 @@ lowbit_status_t lbg_int8_quantize_cols(const lb_launch_t *l, const lb_int8_quant
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: int8_quantize_cols: dtype %d", LBGPU_NAME, (int)a->dtype);
     if (a->rows <= 0 || a->cols <= 0)
         return LOWBIT_SUCCESS;
-    const size_t es = dt == LBG_IF32 ? 4 : 2;
-    const int ua = !lbg_ialigned(LB_PTR(&a->A), es) || !lbg_ialigned(LB_PTR(&a->stats), 4);
+    const size_t es = dt == LBG_DT_F32 ? 4 : 2;
+    const int ua = !lbg_is_aligned(LB_PTR(&a->A), es) || !lbg_is_aligned(LB_PTR(&a->stats), 4);
     const void *A = LB_PTR(&a->A);
     int8_t *q = (int8_t *)LB_PTR(&a->q);
     float *stats = (float *)LB_PTR(&a->stats);
-    const unsigned g = lbg_igrid(c, a->cols, 256);
+    const unsigned g = lbg_grid(c, a->cols, 256, 16);
     (void)lbgpuGetLastError();
-    if (dt == LBG_IF32)
-        lbg_i8_cols_kernel<LBG_IF32><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
-    else if (dt == LBG_IF16)
-        lbg_i8_cols_kernel<LBG_IF16><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
+    if (dt == LBG_DT_F32)
+        lbg_i8_cols_kernel<LBG_DT_F32><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
+    else if (dt == LBG_DT_F16)
+        lbg_i8_cols_kernel<LBG_DT_F16><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
     else
-        lbg_i8_cols_kernel<LBG_IBF16><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
+        lbg_i8_cols_kernel<LBG_DT_BF16><<<g, 256, 0, st->s>>>(A, a->rows, a->cols, a->threshold, q, stats, ua);
     return lbg_check_launch("int8 column quantization kernel");
 }
 
@@ -422,7 +364,7 @@ static lowbit_status_t lbg_i8_gemm_fallback(const lb_launch_t *l, const int8_t *
     const int64_t tn = (N + LBG_I8_T - 1) / LBG_I8_T, tm = (M + LBG_I8_T - 1) / LBG_I8_T;
     dim3 grid((unsigned)(tn < 65535 ? tn : 65535), (unsigned)(tm < 65535 ? tm : 65535));
     (void)lbgpuGetLastError();
-    lbg_i8_gemm_kernel<<<grid, LBG_I8_T * LBG_I8_T, 0, st->s>>>(X, W, C, M, N, K, !lbg_ialigned(C, 4));
+    lbg_i8_gemm_kernel<<<grid, LBG_I8_T * LBG_I8_T, 0, st->s>>>(X, W, C, M, N, K, !lbg_is_aligned(C, 4));
     return lbg_check_launch("int8 GEMM kernel");
 }
 
@@ -525,7 +467,7 @@ static lowbit_status_t lbg_i8_gemm(const lb_launch_t *l, const int8_t *X, const 
                                    int64_t N, int64_t K, void *ws, size_t ws_bytes)
 {
 #if defined(LBGPU_CUDA)
-    if (lbg_itune(l, "int8.gemm.cublaslt", 1, 0, 1) != 0) {
+    if (lbg_tune_get(l, "int8.gemm.cublaslt", 1, 0, 1) != 0) {
         int done = 0;
         lowbit_status_t ret = lbg_i8_gemm_lt(l, X, W, C, M, N, K, ws, ws_bytes, &done);
         if (ret != LOWBIT_SUCCESS || done)
@@ -541,7 +483,7 @@ static lowbit_status_t lbg_i8_gemm(const lb_launch_t *l, const int8_t *X, const 
 static size_t lbg_i8_ws_bytes(const lb_launch_t *l)
 {
 #if defined(LBGPU_CUDA)
-    return (size_t)lbg_itune(l, "int8.gemm.workspace_kib", 4096, 0, 1 << 20) * 1024;
+    return (size_t)lbg_tune_get(l, "int8.gemm.workspace_kib", 4096, 0, 1 << 20) * 1024;
 #else
     (void)l;
     return 0;
@@ -570,14 +512,14 @@ static lowbit_status_t lbg_i8_launch_deq(const lb_launch_t *l, int dt, const lbg
 {
     lbg_ctx_t *c = (lbg_ctx_t *)l->bctx;
     lbg_stream_t *st = (lbg_stream_t *)l->bstream;
-    const unsigned g = lbg_igrid(c, d->M * d->N, 256);
+    const unsigned g = lbg_grid(c, d->M * d->N, 256, 16);
     (void)lbgpuGetLastError();
-    if (dt == LBG_IF32)
-        lbg_i8_deq_kernel<LBG_IF32><<<g, 256, 0, st->s>>>(*d);
-    else if (dt == LBG_IF16)
-        lbg_i8_deq_kernel<LBG_IF16><<<g, 256, 0, st->s>>>(*d);
+    if (dt == LBG_DT_F32)
+        lbg_i8_deq_kernel<LBG_DT_F32><<<g, 256, 0, st->s>>>(*d);
+    else if (dt == LBG_DT_F16)
+        lbg_i8_deq_kernel<LBG_DT_F16><<<g, 256, 0, st->s>>>(*d);
     else
-        lbg_i8_deq_kernel<LBG_IBF16><<<g, 256, 0, st->s>>>(*d);
+        lbg_i8_deq_kernel<LBG_DT_BF16><<<g, 256, 0, st->s>>>(*d);
     return lbg_check_launch("int8 dequantization kernel");
 }
 
@@ -588,12 +530,12 @@ lowbit_status_t lbg_int8_dequant(const lb_launch_t *l, const lb_int8_dequant_arg
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: int8_dequant: dtype %d", LBGPU_NAME, (int)a->out_dtype);
     if (a->M <= 0 || a->N <= 0)
         return LOWBIT_SUCCESS;
-    const size_t es = dt == LBG_IF32 ? 4 : 2;
+    const size_t es = dt == LBG_DT_F32 ? 4 : 2;
     lbg_i8deq d;
     memset(&d, 0, sizeof d);
-    d.ua = !lbg_ialigned(LB_PTR(&a->C), 4) || !lbg_ialigned(LB_PTR(&a->row_stats), 4) ||
-           !lbg_ialigned(LB_PTR(&a->col_stats), 4) || !lbg_ialigned(LB_PTR(&a->out), es) ||
-           (a->has_bias && !lbg_ialigned(LB_PTR(&a->bias), es));
+    d.ua = !lbg_is_aligned(LB_PTR(&a->C), 4) || !lbg_is_aligned(LB_PTR(&a->row_stats), 4) ||
+           !lbg_is_aligned(LB_PTR(&a->col_stats), 4) || !lbg_is_aligned(LB_PTR(&a->out), es) ||
+           (a->has_bias && !lbg_is_aligned(LB_PTR(&a->bias), es));
     d.C = (const int32_t *)LB_PTR(&a->C);
     d.rs = (const float *)LB_PTR(&a->row_stats);
     d.cs = (const float *)LB_PTR(&a->col_stats);
@@ -613,16 +555,16 @@ lowbit_status_t lbg_int8_matmul(const lb_launch_t *l, const lb_int8_matmul_args_
     const int64_t M = a->M, N = a->N, K = a->K;
     if (M <= 0 || N <= 0)
         return LOWBIT_SUCCESS;
-    const size_t es = dt == LBG_IF32 ? 4 : 2;
-    const int ua = !lbg_ialigned(LB_PTR(&a->X), es) || !lbg_ialigned(LB_PTR(&a->SCB), 4) ||
-                   !lbg_ialigned(LB_PTR(&a->out), es) || (a->has_bias && !lbg_ialigned(LB_PTR(&a->bias), es));
+    const size_t es = dt == LBG_DT_F32 ? 4 : 2;
+    const int ua = !lbg_is_aligned(LB_PTR(&a->X), es) || !lbg_is_aligned(LB_PTR(&a->SCB), 4) ||
+                   !lbg_is_aligned(LB_PTR(&a->out), es) || (a->has_bias && !lbg_is_aligned(LB_PTR(&a->bias), es));
     const int outl = a->threshold > 0.0f;
     /* scratch: workspace | CA [M, K] | SCA [M] | C [M, N] | flags [K] | list [K] | count */
     const size_t wsb = lbg_i8_ws_bytes(l);
-    const size_t o_ca = lbg_ipad(wsb), o_sca = o_ca + lbg_ipad((size_t)M * (size_t)K),
-                 o_c = o_sca + lbg_ipad((size_t)M * 4), o_fl = o_c + lbg_ipad((size_t)M * (size_t)N * 4),
-                 o_li = o_fl + (outl ? lbg_ipad((size_t)K * 4) : 0), o_cnt = o_li + (outl ? lbg_ipad((size_t)K * 4) : 0),
-                 total = o_cnt + (outl ? 256 : 0);
+    const size_t o_ca = lbg_pad256(wsb), o_sca = o_ca + lbg_pad256((size_t)M * (size_t)K),
+                 o_c = o_sca + lbg_pad256((size_t)M * 4), o_fl = o_c + lbg_pad256((size_t)M * (size_t)N * 4),
+                 o_li = o_fl + (outl ? lbg_pad256((size_t)K * 4) : 0),
+                 o_cnt = o_li + (outl ? lbg_pad256((size_t)K * 4) : 0), total = o_cnt + (outl ? 256 : 0);
     void *scr = NULL;
     lowbit_status_t ret = lbg_scratch(st, total, &scr);
     if (ret != LOWBIT_SUCCESS)

@@ -52,6 +52,17 @@ lowbit_status_t lbg_scratch(lbg_stream_t *st, size_t bytes, void **p)
     return LOWBIT_SUCCESS;
 }
 
+int64_t lbg_tune_get(const lb_launch_t *l, const char *key, int64_t dflt, int64_t lo, int64_t hi)
+{
+    int64_t v = lbg_host->tune_get(l->ctx, key, dflt);
+    if (v < lo || v > hi) {
+        lbg_host->log(LB_LOG_WARN, "%s: tuning parameter %s = %lld is outside [%lld, %lld]; using %lld", LBGPU_NAME,
+                      key, (long long)v, (long long)lo, (long long)hi, (long long)dflt);
+        v = dflt;
+    }
+    return v;
+}
+
 #define LBG_GUARD(device)                                                                                      \
     lbg_device_guard guard_(device);                                                                           \
     if (guard_.err != lbgpuSuccess)                                                                            \

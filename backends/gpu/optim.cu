@@ -108,16 +108,6 @@ __device__ __forceinline__ void lbg_ostore(void *p, int dt, int64_t i, float v, 
         lbg_st16(p, i, dt == LBG_OF16 ? lbgpu_f32_to_f16(v) : lbgpu_f32_to_bf16(v), ua);
 }
 
-__device__ __forceinline__ float lbg_oldf(const void *p, int64_t i, bool ua)
-{
-    return __uint_as_float(lbg_ld32(p, i, ua));
-}
-
-__device__ __forceinline__ void lbg_ostf(void *p, int64_t i, float v, bool ua)
-{
-    lbg_st32(p, i, __float_as_uint(v), ua);
-}
-
 /* The largest float below x (x finite). */
 __device__ __forceinline__ float lbg_onextdown(float x)
 {
@@ -207,7 +197,7 @@ __device__ __forceinline__ void lbg_orequant(float s, bool live, bool signed_sta
         *dst = (uint8_t)c;
     }
     if (threadIdx.x == 0)
-        lbg_ostf(am_dst, 0, absmax, ua);
+        lbg_stf(am_dst, 0, absmax, ua);
 }
 
 /* ---- kernels ------------------------------------------------------------------------------------------- */
@@ -249,7 +239,7 @@ __global__ void __launch_bounds__(LBG_OB) lbg_opt_finish_kernel(const lbg_ofin f
         const float h = (float)tot[0];
         float hist[LBG_OHIST], sorted[LBG_OHIST];
         for (int i = 0; i < LBG_OHIST; i++)
-            hist[i] = lbg_oldf(f.hist, i, f.ua != 0);
+            hist[i] = lbg_ldf(f.hist, i, f.ua != 0);
         const int slot = (int)(f.step % LBG_OHIST);
         if (f.step == 1)
             for (int i = 0; i < LBG_OHIST; i++)
@@ -257,7 +247,7 @@ __global__ void __launch_bounds__(LBG_OB) lbg_opt_finish_kernel(const lbg_ofin f
         else
             hist[slot] = h;
         for (int i = 0; i < LBG_OHIST; i++) {
-            lbg_ostf(f.hist, i, hist[i], f.ua != 0);
+            lbg_stf(f.hist, i, hist[i], f.ua != 0);
             sorted[i] = hist[i];
         }
         for (int i = 1; i < LBG_OHIST; i++) { /* insertion sort, ascending */
@@ -326,17 +316,17 @@ __global__ void __launch_bounds__(LBG_OB) lbg_opt_update_kernel(const lbg_oparam
             g = lbg_oload(p.grad, p.dt, i, ua);
             pv = lbg_oload(p.param, p.dt, i, ua);
             if (p.bits8) {
-                s1 = lb_mul(code1[p.st1[i]], lbg_oldf(p.am1, b, ua));
+                s1 = lb_mul(code1[p.st1[i]], lbg_ldf(p.am1, b, ua));
                 if (TWO)
-                    s2 = lb_mul(code2[p.st2[i]], lbg_oldf(p.am2, b, ua));
+                    s2 = lb_mul(code2[p.st2[i]], lbg_ldf(p.am2, b, ua));
                 if (THREE)
-                    s3 = lb_mul(code1[p.st1[p.n + i]], lbg_oldf(p.am1, p.nb + b, ua));
+                    s3 = lb_mul(code1[p.st1[p.n + i]], lbg_ldf(p.am1, p.nb + b, ua));
             } else {
-                s1 = lbg_oldf(p.st1, i, ua);
+                s1 = lbg_ldf(p.st1, i, ua);
                 if (TWO)
-                    s2 = lbg_oldf(p.st2, i, ua);
+                    s2 = lbg_ldf(p.st2, i, ua);
                 if (THREE)
-                    s3 = lbg_oldf(p.st1, p.n + i, ua);
+                    s3 = lbg_ldf(p.st1, p.n + i, ua);
             }
         }
         float d = 0.0f;
@@ -352,17 +342,17 @@ __global__ void __launch_bounds__(LBG_OB) lbg_opt_update_kernel(const lbg_oparam
         }
         if (live) {
             if (p.dt == LBG_OF32)
-                lbg_ostf(p.param, i, np, ua);
+                lbg_stf(p.param, i, np, ua);
             else if (lb_om_active(&k, g)) /* a 16-bit parameter that was not updated keeps its bits */
                 lbg_ostore(p.param, p.dt, i, np, ua);
         }
         if (!p.bits8) {
             if (live) {
-                lbg_ostf(p.st1, i, s1, ua);
+                lbg_stf(p.st1, i, s1, ua);
                 if (TWO)
-                    lbg_ostf(p.st2, i, s2, ua);
+                    lbg_stf(p.st2, i, s2, ua);
                 if (THREE)
-                    lbg_ostf(p.st1, p.n + i, s3, ua);
+                    lbg_stf(p.st1, p.n + i, s3, ua);
             }
             continue;
         }
@@ -440,20 +430,19 @@ static int lbg_othresholds_ok(const float *code)
            lbg_host->quantize_8bit_value(code, NAN) == 0;
 }
 
-static int64_t lbg_otune(const lb_launch_t *l, const char *key, int64_t dflt, int64_t lo, int64_t hi)
+/* The finishing kernel's record for a norm pass that left nw sums per block (part[nw * b + w]); the caller
+ * adds the mode's own fields. */
+static lbg_ofin lbg_ofin_init(const lbg_oparams *pp, int nw, int mode)
 {
-    int64_t v = lbg_host->tune_get(l->ctx, key, dflt);
-    if (v < lo || v > hi) {
-        lbg_host->log(LB_LOG_WARN, "%s: tuning parameter %s = %lld is outside [%lld, %lld]; using %lld", LBGPU_NAME,
-                      key, (long long)v, (long long)lo, (long long)hi, (long long)dflt);
-        v = dflt;
-    }
-    return v;
-}
-
-static int lbg_oaligned(const void *p, size_t a)
-{
-    return ((uintptr_t)p & (a - 1)) == 0;
+    lbg_ofin f;
+    memset(&f, 0, sizeof f);
+    f.part = pp->part;
+    f.nb = pp->nb;
+    f.stride = nw;
+    f.nw = nw;
+    f.mode = mode;
+    f.dyn = pp->dyn;
+    return f;
 }
 
 lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *a)
@@ -469,8 +458,8 @@ lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *
                                (int)a->dtype);
     const size_t es = a->dtype == LOWBIT_F32 ? 4 : 2;
     unsigned char *state = (unsigned char *)LB_PTR(&a->state);
-    const int ua = !lbg_oaligned(LB_PTR(&a->param), es) || !lbg_oaligned(LB_PTR(&a->grad), es) ||
-                   !lbg_oaligned(state, 4);
+    const int ua = !lbg_is_aligned(LB_PTR(&a->param), es) || !lbg_is_aligned(LB_PTR(&a->grad), es) ||
+                   !lbg_is_aligned(state, 4);
 
     /* 2 KiB of tables: on the heap rather than on the caller's stack */
     lbg_oparams *pp = (lbg_oparams *)calloc(1, sizeof *pp);
@@ -512,7 +501,7 @@ lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *
                cfg->t_alpha, cfg->t_beta3, (long long)a->step, cfg->skip_zeros);
     lb_om_set_gscale(&pp->k, cfg->gnorm_scale); /* = gnorm_scale * 1.0 in double, rounded: the same float */
 
-    const int64_t cps_want = lbg_otune(l, "optim.ctas_per_sm", 0, 0, 64);
+    const int64_t cps_want = lbg_tune_get(l, "optim.ctas_per_sm", 0, 0, 64);
     lbg_okernel_t kupd = lbg_okernel(kernel, 0);
     int cps = (int)cps_want;
     if (cps == 0) {
@@ -540,14 +529,7 @@ lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *
         lbg_opt_gnorm_kernel<<<grid, LBG_OB, 0, st->s>>>(*pp);
         if ((ret = lbg_check_launch("optimizer gradient-norm kernel")) != LOWBIT_SUCCESS)
             goto out;
-        lbg_ofin f;
-        memset(&f, 0, sizeof f);
-        f.part = pp->part;
-        f.nb = pp->nb;
-        f.stride = 1;
-        f.nw = 1;
-        f.mode = LBG_OFIN_PERCENTILE;
-        f.dyn = pp->dyn;
+        lbg_ofin f = lbg_ofin_init(pp, 1, LBG_OFIN_PERCENTILE);
         f.hist = (float *)(void *)(state + L->gnorm_offset);
         f.ua = ua;
         f.step = (long long)a->step;
@@ -563,14 +545,7 @@ lowbit_status_t lbg_optimizer_step(const lb_launch_t *l, const lb_optim_args_t *
         lbg_okernel(kernel, 1)<<<grid, LBG_OB, 0, st->s>>>(*pp);
         if ((ret = lbg_check_launch("optimizer max_unorm kernel")) != LOWBIT_SUCCESS)
             goto out;
-        lbg_ofin f;
-        memset(&f, 0, sizeof f);
-        f.part = pp->part;
-        f.nb = pp->nb;
-        f.stride = 2;
-        f.nw = 2;
-        f.mode = LBG_OFIN_UNORM;
-        f.dyn = pp->dyn;
+        lbg_ofin f = lbg_ofin_init(pp, 2, LBG_OFIN_UNORM);
         f.max_unorm = cfg->max_unorm;
         f.eps = cfg->eps;
         f.lr = pp->k.lr;

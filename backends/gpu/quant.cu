@@ -852,37 +852,13 @@ static const char *lbg_fmt_name(int fmt)
     return fmt == LBG_8BIT ? "8bit" : fmt == LBG_NF4 ? "nf4" : "fp4";
 }
 
-static int lbg_log2(int64_t v)
-{
-    int k = 0;
-    while (k < 62 && ((int64_t)1 << k) < v)
-        k++;
-    return k;
-}
-
-static int lbg_pow2(int64_t v)
-{
-    return v > 0 && (v & (v - 1)) == 0;
-}
-
-static int lbg_aligned(const void *p, size_t a)
-{
-    return ((uintptr_t)p & (a - 1)) == 0;
-}
-
 /* A tuning parameter "<op>.<fmt>.<param>", range-checked (out of range: the default, with a warning). */
 static int64_t lbg_tune(const lb_launch_t *l, const char *op, const char *fmt, const char *param, int64_t dflt,
                         int64_t lo, int64_t hi)
 {
     char key[96];
     snprintf(key, sizeof key, "%s.%s.%s", op, fmt, param);
-    int64_t v = lbg_host->tune_get(l->ctx, key, dflt);
-    if (v < lo || v > hi) {
-        lbg_host->log(LB_LOG_WARN, "%s: tuning parameter %s = %lld is outside [%lld, %lld]; using %lld", LBGPU_NAME,
-                      key, (long long)v, (long long)lo, (long long)hi, (long long)dflt);
-        v = dflt;
-    }
-    return v;
+    return lbg_tune_get(l, key, dflt, lo, hi);
 }
 
 static uint32_t lbg_bits(float f)
@@ -1105,8 +1081,8 @@ lowbit_status_t lbg_quantize(const lb_launch_t *l, const lb_mem_t *in, const lb_
     const int64_t nb = (n + B - 1) / B;
     const int nested = q->nested_blocksize > 0;
     const void *inp = LB_PTR(in);
-    if (!lbg_aligned(inp, (size_t)lbg_dt_size(dt)) || !lbg_aligned(LB_PTR(&q->absmax), nested ? 1 : 4) ||
-        (nested && (!lbg_aligned(LB_PTR(&q->nested_absmax), 4) || !lbg_aligned(LB_PTR(&q->nested_offset), 4))))
+    if (!lbg_is_aligned(inp, (size_t)lbg_dt_size(dt)) || !lbg_is_aligned(LB_PTR(&q->absmax), nested ? 1 : 4) ||
+        (nested && (!lbg_is_aligned(LB_PTR(&q->nested_absmax), 4) || !lbg_is_aligned(LB_PTR(&q->nested_offset), 4))))
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED,
                                "%s: quantize: a buffer is not aligned to its element size (input %p, absmax %p)",
                                LBGPU_NAME, inp, LB_PTR(&q->absmax));
@@ -1141,8 +1117,8 @@ lowbit_status_t lbg_quantize(const lb_launch_t *l, const lb_mem_t *in, const lb_
     p.nblocks = nb;
     p.seed = stochastic ? opts->seed : 0;
     p.blocksize = (int)B;
-    p.in_vec = lbg_aligned(inp, 16);
-    p.out_vec = lbg_aligned(p.out, 16);
+    p.in_vec = lbg_is_aligned(inp, 16);
+    p.out_vec = lbg_is_aligned(p.out, 16);
     const int mode = lbg_prepare_rule(fmt, stochastic ? LBG_STOCH : search ? LBG_FAST : LBG_LITERAL, q->code, &p);
     if ((s = lbg_launch_quantize(l, dt, fmt, mode, &p)) != LOWBIT_SUCCESS || !nested)
         return s;
@@ -1165,8 +1141,8 @@ lowbit_status_t lbg_quantize(const lb_launch_t *l, const lb_mem_t *in, const lb_
     p2.n = nb;
     p2.nblocks = (nb + q->nested_blocksize - 1) / q->nested_blocksize;
     p2.blocksize = q->nested_blocksize;
-    p2.in_vec = lbg_aligned(absmax, 16);
-    p2.out_vec = lbg_aligned(p2.out, 16);
+    p2.in_vec = lbg_is_aligned(absmax, 16);
+    p2.out_vec = lbg_is_aligned(p2.out, 16);
     const int search2 = (int)lbg_tune(l, "quantize", "8bit", "search", 1, 0, 1);
     const int mode2 = lbg_prepare_rule(LBG_8BIT, search2 ? LBG_FAST : LBG_LITERAL, q->nested_code, &p2);
     return lbg_launch_quantize(l, LBG_F32, LBG_8BIT, mode2, &p2);
@@ -1193,9 +1169,9 @@ lowbit_status_t lbg_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowb
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED, "%s: dequantize: block sizes %d / %d are not powers of two >= %d",
                                LBGPU_NAME, q->blocksize, q->nested_blocksize, vpt);
     void *outp = LB_PTR(out);
-    if (!lbg_aligned(outp, (size_t)lbg_dt_size(dt)) ||
-        (nested ? !lbg_aligned(LB_PTR(&q->nested_absmax), 4) || !lbg_aligned(LB_PTR(&q->nested_offset), 4)
-                : !lbg_aligned(LB_PTR(&q->absmax), 4)))
+    if (!lbg_is_aligned(outp, (size_t)lbg_dt_size(dt)) ||
+        (nested ? !lbg_is_aligned(LB_PTR(&q->nested_absmax), 4) || !lbg_is_aligned(LB_PTR(&q->nested_offset), 4)
+                : !lbg_is_aligned(LB_PTR(&q->absmax), 4)))
         return lbg_host->error(LOWBIT_ERR_UNSUPPORTED,
                                "%s: dequantize: a buffer is not aligned to its element size (output %p)", LBGPU_NAME,
                                outp);
@@ -1208,8 +1184,8 @@ lowbit_status_t lbg_dequantize(const lb_launch_t *l, const lb_qtensor_t *q, lowb
     p.nchunks = (q->n + vpt - 1) / vpt;
     p.log2b = lbg_log2(q->blocksize);
     p.nested = nested;
-    p.in_vec = lbg_aligned(p.data, 16);
-    p.out_vec = lbg_aligned(outp, 16);
+    p.in_vec = lbg_is_aligned(p.data, 16);
+    p.out_vec = lbg_is_aligned(outp, 16);
     memcpy(p.code, q->code, (four ? 16 : 256) * sizeof(float));
     if (nested) {
         p.qabsmax = (const uint8_t *)LB_PTR(&q->absmax);
