@@ -47,10 +47,10 @@ export LSAN_OPTIONS="suppressions=$src/tests/sanitizers.supp:print_suppressions=
 case $mode in
 asan)
     make -j"$jobs" check TESTS="tests/test-cpu tests/test-opencl tests/test-modules" ||
-        { cat tests/test-suite.log; exit 1; }
+        { cat test-suite.log; exit 1; }
     ;;
 tsan)
-    make -j"$jobs" check TESTS="tests/test-cpu" || { cat tests/test-suite.log; exit 1; }
+    make -j"$jobs" check TESTS="tests/test-cpu" || { cat test-suite.log; exit 1; }
     ;;
 valgrind)
     make -j"$jobs" check TESTS= >/dev/null
