@@ -312,15 +312,20 @@ static char *lb_q_blob(const char *qt, int32_t blocksize, const lb_st_tensor_t *
     return s;
 }
 
-static lowbit_status_t lb_q_upload_input(lb_q_t *q, const lb_st_tensor_t *t, lowbit_buffer_t **in_p)
+/* A new device buffer holding `bytes` of host memory (*in_p stays NULL on failure). */
+static lowbit_status_t lb_q_upload(lb_q_t *q, const void *src, size_t bytes, lowbit_buffer_t **in_p)
 {
-    size_t bytes = (size_t)(t->end - t->begin);
     lowbit_status_t st = lowbit_buffer_alloc(q->ctx, bytes, 0, in_p);
-    if (st == LOWBIT_SUCCESS && (st = lowbit_buffer_upload(q->ctx, NULL, *in_p, 0, t->data, bytes)) != LOWBIT_SUCCESS) {
+    if (st == LOWBIT_SUCCESS && (st = lowbit_buffer_upload(q->ctx, NULL, *in_p, 0, src, bytes)) != LOWBIT_SUCCESS) {
         lowbit_buffer_free(*in_p);
         *in_p = NULL;
     }
     return st;
+}
+
+static lowbit_status_t lb_q_upload_input(lb_q_t *q, const lb_st_tensor_t *t, lowbit_buffer_t **in_p)
+{
+    return lb_q_upload(q, t->data, (size_t)(t->end - t->begin), in_p);
 }
 
 /* ||x - y|| / ||x|| in float64 (0 when x is all zero). */
@@ -478,12 +483,7 @@ static lowbit_status_t lb_q_upload_f16(lb_q_t *q, const lb_st_tensor_t *t, lowbi
         return lb_error(LOWBIT_ERR_OUT_OF_MEMORY, "tensor \"%s\": out of host memory", t->name);
     for (int64_t i = 0; i < t->numel; i++)
         h[i] = lb_f32_to_f16(lb_load_f(t->data, dt, i));
-    size_t bytes = (size_t)t->numel * sizeof(uint16_t);
-    lowbit_status_t st = lowbit_buffer_alloc(q->ctx, bytes, 0, in_p);
-    if (st == LOWBIT_SUCCESS && (st = lowbit_buffer_upload(q->ctx, NULL, *in_p, 0, h, bytes)) != LOWBIT_SUCCESS) {
-        lowbit_buffer_free(*in_p);
-        *in_p = NULL;
-    }
+    lowbit_status_t st = lb_q_upload(q, h, (size_t)t->numel * sizeof(uint16_t), in_p);
     free(h);
     return st;
 }
